@@ -1,0 +1,245 @@
+//! Bearer JWTs as `autogpt_libs.auth` verifies them: one HMAC algorithm, audience
+//! `authenticated`, `sub` as the user id, `role == "admin"` for admins.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use axum::extract::FromRequestParts;
+use axum::http::HeaderMap;
+use axum::http::request::Parts;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use crate::error::ApiError;
+use crate::settings::AuthSettings;
+use crate::state::AppState;
+
+/// The audience every accepted token must carry.
+pub const AUDIENCE: &str = "authenticated";
+/// Header an admin sets to act as another user.
+pub const ACT_AS_HEADER: &str = "x-act-as-user-id";
+
+/// Who is calling, after verification and impersonation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// The user the request acts for: `sub`, or the impersonated user.
+    pub user_id: String,
+    /// `role == "admin"` in the token.
+    pub is_admin: bool,
+}
+
+/// Why a request is not authenticated; the texts are the original's.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// No header, a non-Bearer scheme, or an empty token.
+    #[error("Authorization header is missing")]
+    Missing,
+    /// `exp` has passed.
+    #[error("Token has expired")]
+    Expired,
+    /// Any other verification failure.
+    #[error("Invalid token: {0}")]
+    Invalid(String),
+    /// `sub` absent or empty.
+    #[error("User ID not found in token")]
+    NoUserId,
+    /// `X-Act-As-User-Id` from someone who is not an admin.
+    #[error("Only admin users can impersonate other users")]
+    ImpersonationForbidden,
+}
+
+#[derive(Debug, Deserialize)]
+struct Claims {
+    #[serde(default)]
+    sub: Option<String>,
+    #[serde(default)]
+    role: Option<String>,
+    #[serde(default)]
+    iat: Option<f64>,
+}
+
+/// Verifies bearer tokens with the configured key; built once at start-up.
+pub struct Authenticator {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("algorithms", &self.validation.algorithms)
+            .finish_non_exhaustive()
+    }
+}
+
+fn algorithm(settings: &AuthSettings) -> Algorithm {
+    match settings.jwt_sign_algorithm.as_str() {
+        "HS384" => Algorithm::HS384,
+        "HS512" => Algorithm::HS512,
+        _ => Algorithm::HS256,
+    }
+}
+
+fn key_bytes(settings: &AuthSettings) -> &[u8] {
+    settings
+        .key()
+        .expect("settings validation guarantees a JWT key")
+        .as_bytes()
+}
+
+impl Authenticator {
+    /// A verifier for the settings' key and algorithm (validated settings required).
+    pub fn new(settings: &AuthSettings) -> Self {
+        let mut validation = Validation::new(algorithm(settings));
+        validation.set_audience(&[AUDIENCE]);
+        validation.leeway = 0;
+        validation.validate_nbf = true;
+        validation.required_spec_claims = if settings.require_exp {
+            HashSet::from(["exp".to_owned(), "aud".to_owned()])
+        } else {
+            HashSet::from(["aud".to_owned()])
+        };
+        Authenticator {
+            key: DecodingKey::from_secret(key_bytes(settings)),
+            validation,
+        }
+    }
+
+    /// The caller behind the request's headers, impersonation applied.
+    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, AuthError> {
+        let token = bearer_token(headers).ok_or(AuthError::Missing)?;
+        let claims = self.verify(token)?;
+        let user_id = claims
+            .sub
+            .filter(|s| !s.is_empty())
+            .ok_or(AuthError::NoUserId)?;
+        let is_admin = claims.role.as_deref() == Some("admin");
+        let act_as = headers
+            .get(ACT_AS_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty());
+        match act_as {
+            None => Ok(Caller { user_id, is_admin }),
+            Some(_) if !is_admin => Err(AuthError::ImpersonationForbidden),
+            Some(target) => {
+                tracing::info!(
+                    admin.id = %user_id,
+                    target.id = %target,
+                    "admin impersonation: acting as another user"
+                );
+                Ok(Caller {
+                    user_id: target.to_owned(),
+                    is_admin,
+                })
+            }
+        }
+    }
+
+    fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(
+            |e| match e.kind() {
+                ErrorKind::ExpiredSignature => AuthError::Expired,
+                kind => AuthError::Invalid(reason(kind)),
+            },
+        )?;
+        // jsonwebtoken does not look at `iat`; PyJWT refuses one in the future.
+        let now = jsonwebtoken::get_current_timestamp() as f64;
+        if data.claims.iat.is_some_and(|iat| iat > now) {
+            return Err(AuthError::Invalid(
+                "The token is not yet valid (iat)".to_owned(),
+            ));
+        }
+        Ok(data.claims)
+    }
+}
+
+/// PyJWT's wording for each failure, which the original put after "Invalid token: ".
+fn reason(kind: &ErrorKind) -> String {
+    match kind {
+        ErrorKind::InvalidSignature => "Signature verification failed".to_owned(),
+        ErrorKind::InvalidAudience => "Audience doesn't match".to_owned(),
+        ErrorKind::MissingRequiredClaim(claim) => {
+            format!("Token is missing the \"{claim}\" claim")
+        }
+        ErrorKind::ImmatureSignature => "The token is not yet valid (nbf)".to_owned(),
+        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
+            "The specified alg value is not allowed".to_owned()
+        }
+        ErrorKind::InvalidToken => "Not enough segments".to_owned(),
+        ErrorKind::Base64(_) | ErrorKind::Utf8(_) => "Invalid token encoding".to_owned(),
+        ErrorKind::Json(_) => "Invalid header or payload".to_owned(),
+        _ => "Token verification failed".to_owned(),
+    }
+}
+
+/// The token of `Authorization: Bearer <token>`; the scheme word is case-insensitive.
+fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let value = headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        state
+            .authenticator
+            .authenticate(&parts.headers)
+            .map_err(ApiError::from)
+    }
+}
+
+#[derive(Serialize)]
+struct MintedClaims<'a> {
+    sub: &'a str,
+    aud: &'a str,
+    role: &'a str,
+    iat: u64,
+    exp: u64,
+}
+
+/// Signs a token the service accepts, for `analytics-service token` and tests.
+pub fn mint_token(settings: &AuthSettings, user_id: &str, admin: bool, ttl: Duration) -> String {
+    let iat = jsonwebtoken::get_current_timestamp();
+    let claims = MintedClaims {
+        sub: user_id,
+        aud: AUDIENCE,
+        role: if admin { "admin" } else { "authenticated" },
+        iat,
+        exp: iat + ttl.as_secs(),
+    };
+    jsonwebtoken::encode(
+        &Header::new(algorithm(settings)),
+        &claims,
+        &EncodingKey::from_secret(key_bytes(settings)),
+    )
+    .expect("HMAC signing of serializable claims cannot fail")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive_and_needs_a_token() {
+        let with = |v: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert("authorization", HeaderValue::from_static(v));
+            h
+        };
+
+        assert_eq!(bearer_token(&with("Bearer abc")), Some("abc"));
+        assert_eq!(bearer_token(&with("bearer abc")), Some("abc"));
+        assert_eq!(bearer_token(&with("Bearer ")), None);
+        assert_eq!(bearer_token(&with("Basic abc")), None);
+        assert_eq!(bearer_token(&HeaderMap::new()), None);
+    }
+}

@@ -1,0 +1,100 @@
+//! `log_raw_analytics`'s body: `{"type": str, "data": object, "data_index": str}`.
+
+use serde_json::{Map, Value};
+
+use super::{FieldError, body_object, fields, strip_control_chars, strip_control_chars_in_json};
+
+/// An analytics event that passed validation, control characters already stripped.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewAnalyticsEvent {
+    /// Event type (`type`); may be empty.
+    pub event_type: String,
+    /// Free-form payload (`data`), always a JSON object.
+    pub data: Map<String, Value>,
+    /// Secondary key for lookups (`dataIndex`); may be empty.
+    pub data_index: String,
+}
+
+impl NewAnalyticsEvent {
+    /// Validates a JSON body, reporting every field error at once.
+    pub fn parse(body: &Value) -> Result<Self, Vec<FieldError>> {
+        let object = body_object(body, "LogRawAnalyticsRequest")?;
+        let mut errors = Vec::new();
+        let event_type = fields::string(object, "type", 0, &mut errors);
+        let data = dict(object, "data", &mut errors);
+        let data_index = fields::string(object, "data_index", 0, &mut errors);
+        match (event_type, data, data_index) {
+            (Some(event_type), Some(data), Some(data_index)) => Ok(NewAnalyticsEvent {
+                event_type: strip_control_chars(event_type),
+                data: match strip_control_chars_in_json(Value::Object(data.clone())) {
+                    Value::Object(clean) => clean,
+                    _ => unreachable!("stripping keeps an object an object"),
+                },
+                data_index: strip_control_chars(data_index),
+            }),
+            _ => Err(errors),
+        }
+    }
+}
+
+fn dict<'a>(
+    object: &'a Map<String, Value>,
+    field: &str,
+    errors: &mut Vec<FieldError>,
+) -> Option<&'a Map<String, Value>> {
+    match object.get(field) {
+        None => {
+            errors.push(FieldError::missing(field, object));
+            None
+        }
+        Some(Value::Object(map)) => Some(map),
+        Some(other) => {
+            errors.push(FieldError::dict_type(field, other));
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn accepts_the_frontend_body() {
+        let body = json!({"type": "home_viewed", "data": {}, "data_index": "home_viewed"});
+
+        let event = NewAnalyticsEvent::parse(&body).unwrap();
+
+        assert_eq!(event.event_type, "home_viewed");
+        assert!(event.data.is_empty());
+    }
+
+    #[test]
+    fn empty_strings_are_allowed_and_unknown_keys_ignored() {
+        let body = json!({"type": "", "data": {"a": 1}, "data_index": "", "extra": true});
+
+        assert!(NewAnalyticsEvent::parse(&body).is_ok());
+    }
+
+    #[test]
+    fn data_must_be_an_object() {
+        for data in [json!([]), json!("x"), json!(null), json!(3)] {
+            let body = json!({"type": "t", "data": data, "data_index": "i"});
+            let errors = NewAnalyticsEvent::parse(&body).unwrap_err();
+            assert_eq!(errors.len(), 1);
+            assert_eq!(errors[0].kind, "dict_type");
+            assert_eq!(errors[0].msg, "Input should be a valid dictionary");
+        }
+    }
+
+    #[test]
+    fn strips_control_characters_from_data_keys_and_values() {
+        let body = json!({"type": "t\u{0}", "data": {"k\u{1}": "v\u{7f}"}, "data_index": "i"});
+
+        let event = NewAnalyticsEvent::parse(&body).unwrap();
+
+        assert_eq!(event.event_type, "t");
+        assert_eq!(Value::Object(event.data), json!({"k": "v"}));
+    }
+}

@@ -1,0 +1,129 @@
+//! `ApiError`: every way a request can fail, rendered in the original's error shapes.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::auth::AuthError;
+use crate::domain::FieldError;
+use crate::store::StoreError;
+
+/// Seconds a client is told to wait (`Retry-After`) when the database is unavailable.
+pub const STORAGE_RETRY_AFTER_SECS: u64 = 1;
+
+/// A failed request; `IntoResponse` picks the status and body.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 401 or 403, by the kind of auth failure.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    /// 422 with pydantic-style field errors.
+    #[error("invalid request body for {request_line}")]
+    Invalid {
+        /// `POST /api/analytics/log_raw_metric`, for the message.
+        request_line: String,
+        /// Every field error found.
+        errors: Vec<FieldError>,
+    },
+    /// 413: the body is over the limit.
+    #[error("request body over {limit} bytes")]
+    PayloadTooLarge {
+        /// The limit, in bytes.
+        limit: usize,
+    },
+    /// 503 when the database is unavailable, else 500; the hint is the endpoint's.
+    #[error("storage failed")]
+    Storage {
+        /// What the store reported (logged, never shown).
+        #[source]
+        source: StoreError,
+        /// The endpoint's hint, as the original.
+        hint: &'static str,
+    },
+    /// 400: the body could not be read (the client broke off, bad chunking).
+    #[error("request body unreadable: {0}")]
+    BodyUnreadable(String),
+    /// 404.
+    #[error("not found")]
+    NotFound,
+    /// 405.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+}
+
+impl ApiError {
+    /// A storage failure with the endpoint's hint.
+    pub fn storage(source: StoreError, hint: &'static str) -> Self {
+        ApiError::Storage { source, hint }
+    }
+}
+
+fn detail(status: StatusCode, text: impl Into<String>) -> Response {
+    (status, Json(json!({ "detail": text.into() }))).into_response()
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        match self {
+            ApiError::Auth(err @ AuthError::ImpersonationForbidden) => {
+                detail(StatusCode::FORBIDDEN, err.to_string())
+            }
+            ApiError::Auth(err) => {
+                let mut response = detail(StatusCode::UNAUTHORIZED, err.to_string());
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                response
+            }
+            ApiError::Invalid {
+                request_line,
+                errors,
+            } => {
+                tracing::debug!(errors = errors.len(), "request body failed validation");
+                let body = json!({
+                    "message": format!("Invalid data for {request_line}"),
+                    "detail": errors,
+                    "hint": "Ensure the request matches the API schema.",
+                });
+                (StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response()
+            }
+            ApiError::PayloadTooLarge { limit } => detail(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("Request body too large: the limit is {limit} bytes"),
+            ),
+            ApiError::BodyUnreadable(reason) => detail(StatusCode::BAD_REQUEST, reason),
+            ApiError::Storage { source, hint } => storage_response(source, hint),
+            ApiError::NotFound => detail(StatusCode::NOT_FOUND, "Not Found"),
+            ApiError::MethodNotAllowed => {
+                detail(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed")
+            }
+        }
+    }
+}
+
+/// The cause is logged here, once; the client gets a safe summary.
+fn storage_response(source: StoreError, hint: &'static str) -> Response {
+    let (status, message) = if source.is_unavailable() {
+        tracing::warn!(error = ?source, "analytics database unavailable");
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Analytics database is unavailable; retry later",
+        )
+    } else {
+        tracing::error!(error = ?source, "analytics database error");
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Analytics database error",
+        )
+    };
+    let body = json!({ "detail": { "message": message, "hint": hint } });
+    let mut response = (status, Json(body)).into_response();
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(STORAGE_RETRY_AFTER_SECS),
+        );
+    }
+    response
+}

@@ -1,0 +1,13 @@
+//! analytics-service: the AutoGPT platform's analytics ingestion and Discord alerts.
+
+pub mod auth;
+pub mod cli;
+pub mod clock;
+pub mod domain;
+pub mod error;
+pub mod routes;
+pub mod settings;
+pub mod startup;
+pub mod state;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,30 @@
+use std::process::ExitCode;
+
+use analytics_service::cli::{self, Cli};
+use analytics_service::{settings, telemetry};
+use clap::Parser;
+
+// A plain `fn main`: settings and telemetry come up before the Tokio runtime, and the
+// telemetry guard is dropped last so that it can flush.
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match settings::load() {
+        Ok(settings) => settings,
+        Err(err) => {
+            eprintln!("analytics-service: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let _telemetry = telemetry::init(&settings);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("the Tokio runtime builds on a supported OS");
+    match runtime.block_on(cli::run(cli, settings)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = format!("{err:#}"), "analytics-service failed");
+            ExitCode::FAILURE
+        }
+    }
+}

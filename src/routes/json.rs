@@ -1,0 +1,137 @@
+//! `JsonBody`: the request body parsed as JSON, the way FastAPI reads it.
+//!
+//! Only syntax is checked here (a body that is not JSON is a 422 before auth runs, as in
+//! the original); the fields are validated by the domain types after auth.
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, FailedToBufferBody};
+use axum::extract::{FromRequest, Request};
+use axum::http::header;
+use serde_json::{Map, Value};
+
+use crate::domain::FieldError;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// A JSON body and the request line, for the 422 message.
+#[derive(Debug)]
+pub struct JsonBody {
+    /// The parsed body; `{}` when the body was empty.
+    pub value: Value,
+    request_line: String,
+}
+
+impl JsonBody {
+    /// The 422 for these field errors, naming this request.
+    pub fn invalid(&self, errors: Vec<FieldError>) -> ApiError {
+        ApiError::Invalid {
+            request_line: self.request_line.clone(),
+            errors,
+        }
+    }
+}
+
+/// FastAPI parses a body as JSON when there is no content type or it is `application/json`
+/// or `application/*+json`; any other body reaches validation as a string.
+fn is_json_content_type(request: &Request) -> bool {
+    let Some(value) = request.headers().get(header::CONTENT_TYPE) else {
+        return true;
+    };
+    let essence = value
+        .to_str()
+        .unwrap_or_default()
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// The byte offset of a serde_json error, as Python's `JSONDecodeError.pos` would give it.
+fn error_offset(body: &[u8], err: &serde_json::Error) -> usize {
+    let mut line = 1;
+    let mut offset = 0;
+    for (i, b) in body.iter().enumerate() {
+        if line == err.line() {
+            offset = i;
+            break;
+        }
+        if *b == b'\n' {
+            line += 1;
+        }
+    }
+    (offset + err.column().saturating_sub(1)).min(body.len())
+}
+
+fn parse(body: &Bytes, json: bool) -> Result<Value, FieldError> {
+    if body.is_empty() {
+        return Ok(Value::Object(Map::new()));
+    }
+    if !json {
+        return Ok(Value::String(String::from_utf8_lossy(body).into_owned()));
+    }
+    serde_json::from_slice(body).map_err(|err| {
+        let reason = err.to_string();
+        let reason = reason.split(" at line ").next().unwrap_or_default();
+        FieldError::json_invalid(error_offset(body, &err), reason)
+    })
+}
+
+impl FromRequest<AppState> for JsonBody {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
+        let request_line = format!("{} {}", request.method(), request.uri().path());
+        let json = is_json_content_type(&request);
+        let bytes =
+            Bytes::from_request(request, state)
+                .await
+                .map_err(|rejection| match rejection {
+                    BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_)) => {
+                        ApiError::PayloadTooLarge {
+                            limit: state.body_limit,
+                        }
+                    }
+                    other => ApiError::BodyUnreadable(other.body_text()),
+                })?;
+        let value = parse(&bytes, json).map_err(|e| ApiError::Invalid {
+            request_line: request_line.clone(),
+            errors: vec![e],
+        })?;
+        Ok(JsonBody {
+            value,
+            request_line,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_error_offset_counts_bytes_across_lines() {
+        let body = b"{\n  \"a\": ,\n}";
+        let err = serde_json::from_slice::<Value>(body).unwrap_err();
+
+        assert_eq!(error_offset(body, &err), 9);
+    }
+
+    #[test]
+    fn empty_body_is_an_empty_object() {
+        assert_eq!(
+            parse(&Bytes::new(), true).unwrap(),
+            Value::Object(Map::new())
+        );
+    }
+
+    #[test]
+    fn malformed_json_is_json_invalid() {
+        let err = parse(&Bytes::from_static(b"{not json"), true).unwrap_err();
+
+        assert_eq!(err.kind, "json_invalid");
+        assert_eq!(err.msg, "JSON decode error");
+    }
+}

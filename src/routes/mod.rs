@@ -1,0 +1,40 @@
+//! The router: every route module merged once, and the middleware stack.
+
+mod analytics;
+mod health;
+pub mod json;
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// Tunables of the middleware stack.
+#[derive(Debug, Clone, Copy)]
+pub struct RouterLimits {
+    /// A request running longer than this is answered 503.
+    pub request_timeout: Duration,
+}
+
+/// All routes with their middleware.
+pub fn router(state: AppState, limits: RouterLimits) -> Router {
+    let body_limit = state.body_limit;
+    Router::new()
+        .merge(analytics::routes())
+        .merge(health::routes())
+        .fallback(|| async { ApiError::NotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            limits.request_timeout,
+        ))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}

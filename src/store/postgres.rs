@@ -1,0 +1,233 @@
+//! PostgreSQL: the original's tables, optionally inside Prisma's `?schema=NAME`.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use secrecy::ExposeSecret;
+use serde_json::Value;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::types::Json;
+use url::Url;
+
+use super::{EventRow, MetricRow, Store, StoreError, StoredEvent, StoredMetric, wait_until_ready};
+use crate::settings::DatabaseSettings;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
+
+/// Prisma's URL parameters that libpq/sqlx do not know; they are accepted and dropped.
+const PRISMA_ONLY_PARAMS: &[&str] = &[
+    "schema",
+    "connection_limit",
+    "pool_timeout",
+    "connect_timeout",
+    "socket_timeout",
+    "pgbouncer",
+    "statement_cache_size",
+];
+
+/// The PostgreSQL store.
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+/// Splits Prisma's `?schema=NAME` off a database URL; the rest goes to sqlx.
+fn connect_options(url: &str) -> Result<(PgConnectOptions, Option<String>), StoreError> {
+    let mut parsed =
+        Url::parse(url).map_err(|e| StoreError::InvalidUrl(format!("not a URL ({e})")))?;
+    let schema = parsed
+        .query_pairs()
+        .find(|(k, _)| k == "schema")
+        .map(|(_, v)| v.into_owned())
+        .filter(|s| !s.is_empty());
+    let kept: Vec<(String, String)> = parsed
+        .query_pairs()
+        .filter(|(k, _)| !PRISMA_ONLY_PARAMS.contains(&k.as_ref()))
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    parsed.set_query(None);
+    if !kept.is_empty() {
+        parsed.query_pairs_mut().extend_pairs(kept);
+    }
+    let mut options = PgConnectOptions::from_str(parsed.as_str())
+        .map_err(|_| StoreError::InvalidUrl("PostgreSQL options not understood".into()))?;
+    if let Some(schema) = &schema {
+        options = options.options([("search_path", schema.as_str())]);
+    }
+    Ok((options, schema))
+}
+
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+impl PgStore {
+    /// Builds the pool, waits for the server and migrates, as the settings say.
+    pub async fn connect(settings: &DatabaseSettings) -> Result<Self, StoreError> {
+        let url = settings
+            .url
+            .as_ref()
+            .map(|u| u.expose_secret().trim().to_owned())
+            .unwrap_or_default();
+        let (options, schema) = connect_options(&url)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(settings.max_connections)
+            .acquire_timeout(settings.acquire_timeout())
+            .idle_timeout(Some(Duration::from_secs(300)))
+            .connect_lazy_with(options);
+        let store = PgStore { pool };
+        wait_until_ready(Duration::from_secs(settings.startup_timeout_secs), || {
+            store.ping()
+        })
+        .await?;
+        if settings.run_migrations {
+            store.migrate(schema.as_deref()).await?;
+        }
+        Ok(store)
+    }
+
+    async fn migrate(&self, schema: Option<&str>) -> Result<(), StoreError> {
+        if let Some(schema) = schema {
+            // The name comes from our own configuration and is quoted as an identifier.
+            let create = format!("create schema if not exists {}", quote_ident(schema));
+            sqlx::query(sqlx::AssertSqlSafe(create))
+                .execute(&self.pool)
+                .await?;
+        }
+        MIGRATOR
+            .run(&self.pool)
+            .await
+            .map_err(StoreError::Migration)
+    }
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn insert_metrics(&self, rows: &[MetricRow]) -> Result<(), StoreError> {
+        let ids: Vec<String> = rows.iter().map(|r| r.id.to_string()).collect();
+        let times: Vec<_> = rows.iter().map(|r| r.created_at).collect();
+        let names: Vec<&str> = rows.iter().map(|r| r.metric.metric_name.as_str()).collect();
+        let values: Vec<f64> = rows.iter().map(|r| r.metric.metric_value).collect();
+        let strings: Vec<&str> = rows.iter().map(|r| r.metric.data_string.as_str()).collect();
+        let users: Vec<&str> = rows.iter().map(|r| r.user_id.as_str()).collect();
+        // One statement for any number of rows: a single INSERT is its own transaction.
+        sqlx::query(
+            r#"insert into "AnalyticsMetrics"
+                   ("id", "createdAt", "updatedAt", "analyticMetric", "value", "dataString", "userId")
+               select id, created_at, created_at, name, value, data_string, user_id
+               from unnest($1::text[], $2::timestamp(3)[], $3::text[], $4::float8[], $5::text[], $6::text[])
+                   as t(id, created_at, name, value, data_string, user_id)"#,
+        )
+        .bind(ids)
+        .bind(times)
+        .bind(names)
+        .bind(values)
+        .bind(strings)
+        .bind(users)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn insert_events(&self, rows: &[EventRow]) -> Result<(), StoreError> {
+        let ids: Vec<String> = rows.iter().map(|r| r.id.to_string()).collect();
+        let times: Vec<_> = rows.iter().map(|r| r.created_at).collect();
+        let users: Vec<&str> = rows.iter().map(|r| r.user_id.as_str()).collect();
+        let types: Vec<&str> = rows.iter().map(|r| r.event.event_type.as_str()).collect();
+        let data: Vec<String> = rows
+            .iter()
+            .map(|r| serde_json::to_string(&r.event.data).expect("a JSON map always serializes"))
+            .collect();
+        let indexes: Vec<&str> = rows.iter().map(|r| r.event.data_index.as_str()).collect();
+        sqlx::query(
+            r#"insert into "AnalyticsDetails"
+                   ("id", "createdAt", "updatedAt", "userId", "type", "data", "dataIndex")
+               select id, created_at, created_at, user_id, type, data::jsonb, data_index
+               from unnest($1::text[], $2::timestamp(3)[], $3::text[], $4::text[], $5::text[], $6::text[])
+                   as t(id, created_at, user_id, type, data, data_index)"#,
+        )
+        .bind(ids)
+        .bind(times)
+        .bind(users)
+        .bind(types)
+        .bind(data)
+        .bind(indexes)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn metric_by_id(&self, id: &str) -> Result<Option<StoredMetric>, StoreError> {
+        Ok(sqlx::query_as::<_, StoredMetric>(
+            r#"select "id", "createdAt", "updatedAt", "analyticMetric", "value", "dataString", "userId"
+               from "AnalyticsMetrics" where "id" = $1"#,
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    async fn event_by_id(&self, id: &str) -> Result<Option<StoredEvent>, StoreError> {
+        type Row = (
+            String,
+            chrono::NaiveDateTime,
+            chrono::NaiveDateTime,
+            String,
+            String,
+            Option<Json<Value>>,
+            Option<String>,
+        );
+        let row: Option<Row> = sqlx::query_as(
+            r#"select "id", "createdAt", "updatedAt", "userId", "type", "data", "dataIndex"
+               from "AnalyticsDetails" where "id" = $1"#,
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(
+            |(id, created_at, updated_at, user_id, event_type, data, data_index)| StoredEvent {
+                id,
+                created_at,
+                updated_at,
+                user_id,
+                event_type,
+                data: data.and_then(|Json(v)| match v {
+                    Value::Object(map) => Some(map),
+                    _ => None,
+                }),
+                data_index,
+            },
+        ))
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("select 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prisma_schema_parameter_becomes_the_search_path() {
+        let (options, schema) =
+            connect_options("postgresql://u:p@db:5432/app?schema=platform&connect_timeout=5")
+                .unwrap();
+
+        assert_eq!(schema.as_deref(), Some("platform"));
+        assert_eq!(options.get_database(), Some("app"));
+        assert_eq!(options.get_options(), Some("-c search_path=platform"));
+    }
+
+    #[test]
+    fn quoted_identifiers_escape_double_quotes() {
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+    }
+}

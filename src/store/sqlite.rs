@@ -1,0 +1,175 @@
+//! SQLite: the embedded default, one file (WAL mode) with the same tables.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use secrecy::ExposeSecret;
+use serde_json::Value;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+use super::{EventRow, MetricRow, Store, StoreError, StoredEvent, StoredMetric, wait_until_ready};
+use crate::settings::DatabaseSettings;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+
+/// The SQLite store.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+fn connect_options(settings: &DatabaseSettings) -> Result<SqliteConnectOptions, StoreError> {
+    let url = settings
+        .url
+        .as_ref()
+        .map(|u| u.expose_secret().trim())
+        .filter(|u| !u.is_empty());
+    let options = match url {
+        Some(url) => SqliteConnectOptions::from_str(url)
+            .map_err(|e| StoreError::InvalidUrl(format!("SQLite URL not understood ({e})")))?,
+        None => SqliteConnectOptions::new().filename(&settings.sqlite_path),
+    };
+    // FULL: a 2xx promises the row survives a power cut, not only a crash.
+    Ok(options
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Full)
+        .busy_timeout(settings.acquire_timeout()))
+}
+
+fn create_parent_folder(options: &SqliteConnectOptions) -> Result<(), StoreError> {
+    let file = PathBuf::from(options.get_filename());
+    match file.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() && file.as_os_str() != ":memory:" => {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::Unavailable(sqlx::Error::Io(e)))
+        }
+        _ => Ok(()),
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the file and its folder, then migrates.
+    pub async fn connect(settings: &DatabaseSettings) -> Result<Self, StoreError> {
+        let options = connect_options(settings)?;
+        create_parent_folder(&options)?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(settings.max_connections)
+            .acquire_timeout(settings.acquire_timeout())
+            .connect_lazy_with(options);
+        let store = SqliteStore { pool };
+        wait_until_ready(Duration::from_secs(settings.startup_timeout_secs), || {
+            store.ping()
+        })
+        .await?;
+        if settings.run_migrations {
+            MIGRATOR
+                .run(&store.pool)
+                .await
+                .map_err(StoreError::Migration)?;
+        }
+        Ok(store)
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn insert_metrics(&self, rows: &[MetricRow]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for row in rows {
+            sqlx::query(
+                r#"insert into "AnalyticsMetrics"
+                       ("id", "createdAt", "updatedAt", "analyticMetric", "value", "dataString", "userId")
+                   values ($1, $2, $2, $3, $4, $5, $6)"#,
+            )
+            .bind(row.id.to_string())
+            .bind(row.created_at)
+            .bind(&row.metric.metric_name)
+            .bind(row.metric.metric_value)
+            .bind(&row.metric.data_string)
+            .bind(&row.user_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn insert_events(&self, rows: &[EventRow]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for row in rows {
+            let data =
+                serde_json::to_string(&row.event.data).expect("a JSON map always serializes");
+            sqlx::query(
+                r#"insert into "AnalyticsDetails"
+                       ("id", "createdAt", "updatedAt", "userId", "type", "data", "dataIndex")
+                   values ($1, $2, $2, $3, $4, $5, $6)"#,
+            )
+            .bind(row.id.to_string())
+            .bind(row.created_at)
+            .bind(&row.user_id)
+            .bind(&row.event.event_type)
+            .bind(data)
+            .bind(&row.event.data_index)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn metric_by_id(&self, id: &str) -> Result<Option<StoredMetric>, StoreError> {
+        Ok(sqlx::query_as::<_, StoredMetric>(
+            r#"select "id", "createdAt", "updatedAt", "analyticMetric", "value", "dataString", "userId"
+               from "AnalyticsMetrics" where "id" = $1"#,
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    async fn event_by_id(&self, id: &str) -> Result<Option<StoredEvent>, StoreError> {
+        type Row = (
+            String,
+            chrono::NaiveDateTime,
+            chrono::NaiveDateTime,
+            String,
+            String,
+            Option<String>,
+            Option<String>,
+        );
+        let row: Option<Row> = sqlx::query_as(
+            r#"select "id", "createdAt", "updatedAt", "userId", "type", "data", "dataIndex"
+               from "AnalyticsDetails" where "id" = $1"#,
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(
+            |(id, created_at, updated_at, user_id, event_type, data, data_index)| StoredEvent {
+                id,
+                created_at,
+                updated_at,
+                user_id,
+                event_type,
+                data: data.and_then(|text| match serde_json::from_str(&text) {
+                    Ok(Value::Object(map)) => Some(map),
+                    _ => None,
+                }),
+                data_index,
+            },
+        ))
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("select 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+}

@@ -1,0 +1,119 @@
+//! `POST /api/analytics/log_raw_analytics` against a real database.
+
+use serde_json::{Value, json};
+
+use crate::helpers::TestApp;
+use crate::on_both_backends;
+
+const PATH: &str = "/api/analytics/log_raw_analytics";
+
+async fn the_frontend_body_is_stored_as_the_original_stores_it(app: TestApp) {
+    let token = app.token("user-7");
+    let body = json!({"type": "home_viewed", "data": {}, "data_index": "home_viewed"});
+
+    let response = app.post_json(PATH, &body, Some(&token)).await;
+
+    assert_eq!(response.status(), 200);
+    let id: String = response.json().await.unwrap();
+    let row = app
+        .store
+        .event_by_id(&id)
+        .await
+        .unwrap()
+        .expect("the row exists");
+    assert_eq!(row.user_id, "user-7");
+    assert_eq!(row.event_type, "home_viewed");
+    assert_eq!(row.data, Some(serde_json::Map::new()));
+    assert_eq!(row.data_index.as_deref(), Some("home_viewed"));
+    assert_eq!(row.created_at, row.updated_at);
+}
+
+async fn nested_data_round_trips(app: TestApp) {
+    let token = app.token("user-7");
+    let data =
+        json!({"agent": {"id": "a1", "steps": [1, 2.5, "x", null, true]}, "unicode": "héllo ✓ 😀"});
+    let body = json!({"type": "agent_run", "data": data, "data_index": "a1", "unknown_key": 1});
+
+    let id: String = app
+        .post_json(PATH, &body, Some(&token))
+        .await
+        .json()
+        .await
+        .unwrap();
+
+    let row = app.store.event_by_id(&id).await.unwrap().unwrap();
+    assert_eq!(Value::Object(row.data.unwrap()), data);
+}
+
+async fn control_characters_in_data_are_stripped_also_from_keys(app: TestApp) {
+    let token = app.token("user-7");
+    let body =
+        json!({"type": "t\u{7f}", "data": {"k\u{0}": ["\u{0}v\tw"]}, "data_index": "\u{1b}i"});
+
+    let response = app.post_json(PATH, &body, Some(&token)).await;
+
+    assert_eq!(response.status(), 200);
+    let id: String = response.json().await.unwrap();
+    let row = app.store.event_by_id(&id).await.unwrap().unwrap();
+    assert_eq!(row.event_type, "t");
+    assert_eq!(Value::Object(row.data.unwrap()), json!({"k": ["v\tw"]}));
+    assert_eq!(row.data_index.as_deref(), Some("i"));
+}
+
+async fn data_that_is_not_an_object_is_a_dict_type_error(app: TestApp) {
+    let token = app.token("user-7");
+    for data in [json!([1]), json!("x"), json!(null)] {
+        let body = json!({"type": "t", "data": data, "data_index": "i"});
+
+        let response = app.post_json(PATH, &body, Some(&token)).await;
+
+        assert_eq!(response.status(), 422);
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(
+            body["message"],
+            "Invalid data for POST /api/analytics/log_raw_analytics"
+        );
+        assert_eq!(body["detail"][0]["type"], "dict_type");
+        assert_eq!(body["detail"][0]["loc"], json!(["body", "data"]));
+    }
+}
+
+async fn empty_type_and_index_are_allowed(app: TestApp) {
+    let token = app.token("user-7");
+    let body = json!({"type": "", "data": {"a": 1}, "data_index": ""});
+
+    let response = app.post_json(PATH, &body, Some(&token)).await;
+
+    assert_eq!(response.status(), 200);
+}
+
+async fn an_admin_can_store_on_behalf_of_another_user(app: TestApp) {
+    let token = app.admin_token("admin-1");
+    let body = json!({"type": "t", "data": {}, "data_index": "i"});
+
+    let response = app
+        .client
+        .post(app.url(PATH))
+        .bearer_auth(&token)
+        .header("X-Act-As-User-Id", "  target-user  ")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(response.status(), 200);
+    let id: String = response.json().await.unwrap();
+    assert_eq!(
+        app.store.event_by_id(&id).await.unwrap().unwrap().user_id,
+        "target-user"
+    );
+}
+
+on_both_backends!(
+    the_frontend_body_is_stored_as_the_original_stores_it,
+    nested_data_round_trips,
+    control_characters_in_data_are_stripped_also_from_keys,
+    data_that_is_not_an_object_is_a_dict_type_error,
+    empty_type_and_index_are_allowed,
+    an_admin_can_store_on_behalf_of_another_user,
+);

@@ -1,0 +1,280 @@
+//! `TestApp`: the real service on port 0, against a fresh PostgreSQL database or a fresh
+//! SQLite file, with a client and helpers to call it.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use analytics_service::auth::mint_token;
+use analytics_service::clock::{Clock, SystemClock};
+use analytics_service::settings::{Settings, load_from};
+use analytics_service::startup::Application;
+use analytics_service::store::Store;
+use secrecy::SecretString;
+use serde_json::Value;
+use sqlx::Connection;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Which database a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// The server the PostgreSQL tests use: `TEST_DATABASE_URL`, else the local default.
+pub fn admin_pg_url() -> String {
+    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| DEFAULT_PG_URL.to_owned())
+}
+
+/// A database or file that exists for one test and is removed afterwards.
+pub enum TestDatabase {
+    Postgres {
+        name: String,
+    },
+    Sqlite {
+        _dir: tempfile::TempDir,
+        path: PathBuf,
+    },
+}
+
+impl TestDatabase {
+    pub async fn create(backend: Backend) -> Self {
+        match backend {
+            Backend::Postgres => {
+                let name = format!("analytics_test_{}", uuid::Uuid::new_v4().simple());
+                let mut admin = connect_admin().await;
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("create database \"{name}\"")))
+                    .execute(&mut admin)
+                    .await
+                    .expect("creating a test database");
+                TestDatabase::Postgres { name }
+            }
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().expect("a temporary folder");
+                let path = dir.path().join("nested").join("analytics.db");
+                TestDatabase::Sqlite { _dir: dir, path }
+            }
+        }
+    }
+
+    pub fn url(&self) -> String {
+        match self {
+            TestDatabase::Postgres { name } => {
+                let mut url = url::Url::parse(&admin_pg_url()).expect("TEST_DATABASE_URL is a URL");
+                url.set_path(name);
+                url.to_string()
+            }
+            TestDatabase::Sqlite { path, .. } => format!("sqlite://{}", path.display()),
+        }
+    }
+}
+
+async fn connect_admin() -> sqlx::PgConnection {
+    let url = admin_pg_url();
+    sqlx::PgConnection::connect(&url).await.unwrap_or_else(|err| {
+        panic!(
+            "PostgreSQL is not reachable at {url} ({err}). The PostgreSQL tests never skip: \
+             start the local server with `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start` \
+             (or run scripts/test, which does), or point TEST_DATABASE_URL at one."
+        )
+    })
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        if let TestDatabase::Postgres { name } = self {
+            let name = name.clone();
+            // Drop runs outside async; a short-lived runtime on its own thread does the I/O.
+            let _ = std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("a runtime for cleanup");
+                runtime.block_on(async {
+                    let mut admin = connect_admin().await;
+                    let drop = format!("drop database if exists \"{name}\" with (force)");
+                    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(drop))
+                        .execute(&mut admin)
+                        .await;
+                });
+            })
+            .join();
+        }
+    }
+}
+
+/// Settings as the local profile gives them, pointed at `database_url`, on port 0.
+pub fn test_settings(database_url: &str) -> Settings {
+    let config_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut settings = load_from(&config_dir, &HashMap::new()).expect("local settings load");
+    settings.server.port = 0;
+    settings.database.url = Some(SecretString::from(database_url.to_owned()));
+    settings.database.max_connections = 5;
+    settings.database.startup_timeout_secs = 10;
+    settings
+}
+
+/// A running service and what a test needs to talk to it.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub client: reqwest::Client,
+    pub settings: Settings,
+    pub store: Arc<dyn Store>,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<anyhow::Result<()>>>,
+    // Last: the database outlives the server and the store.
+    _database: Option<TestDatabase>,
+}
+
+impl TestApp {
+    pub async fn spawn(backend: Backend) -> Self {
+        Self::spawn_with(backend, |_| {}).await
+    }
+
+    /// Spawns with the settings adjusted by `tweak` (after the test database is set).
+    pub async fn spawn_with(backend: Backend, tweak: impl FnOnce(&mut Settings)) -> Self {
+        Self::spawn_full(backend, tweak, Arc::new(SystemClock)).await
+    }
+
+    pub async fn spawn_full(
+        backend: Backend,
+        tweak: impl FnOnce(&mut Settings),
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        init_test_logging();
+        let database = TestDatabase::create(backend).await;
+        let mut settings = test_settings(&database.url());
+        tweak(&mut settings);
+        Self::start(settings, Some(database), clock).await
+    }
+
+    /// Starts the service on settings the test built itself (no test database).
+    pub async fn start(
+        settings: Settings,
+        database: Option<TestDatabase>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        let app = Application::build_with_clock(&settings, clock)
+            .await
+            .expect("the application builds");
+        let addr = app.local_addr();
+        let store = app.store();
+        let (tx, rx) = oneshot::channel::<()>();
+        let server = tokio::spawn(app.run_until(async move {
+            let _ = rx.await;
+        }));
+        TestApp {
+            addr,
+            client: reqwest::Client::new(),
+            settings,
+            store,
+            shutdown: Some(tx),
+            server: Some(server),
+            _database: database,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// A valid user token for `user_id`.
+    pub fn token(&self, user_id: &str) -> String {
+        mint_token(
+            &self.settings.auth,
+            user_id,
+            false,
+            Duration::from_secs(3600),
+        )
+    }
+
+    /// A valid admin token for `user_id`.
+    pub fn admin_token(&self, user_id: &str) -> String {
+        mint_token(
+            &self.settings.auth,
+            user_id,
+            true,
+            Duration::from_secs(3600),
+        )
+    }
+
+    /// POSTs `body` as JSON with `Authorization: Bearer <token>` when a token is given.
+    pub async fn post_json(
+        &self,
+        path: &str,
+        body: &Value,
+        token: Option<&str>,
+    ) -> reqwest::Response {
+        let mut request = self.client.post(self.url(path)).json(body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request
+            .send()
+            .await
+            .expect("the request reaches the server")
+    }
+
+    /// Signals shutdown and waits for the server to finish draining.
+    pub async fn stop(&mut self) -> anyhow::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        match self.server.take() {
+            Some(server) => server.await.expect("the server task does not panic"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.abort();
+        }
+    }
+}
+
+/// `TEST_LOG=1` shows the service's logs.
+fn init_test_logging() {
+    if std::env::var_os("TEST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("debug,sqlx=warn,hyper=info")
+            .with_test_writer()
+            .try_init();
+    }
+}
+
+/// Emits one `#[tokio::test]` per backend for each `async fn case(app: TestApp)` listed.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($case:ident),* $(,)?) => {
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let app = $crate::helpers::TestApp::spawn($crate::helpers::Backend::Postgres).await;
+                    super::$case(app).await;
+                }
+            )*
+        }
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let app = $crate::helpers::TestApp::spawn($crate::helpers::Backend::Sqlite).await;
+                    super::$case(app).await;
+                }
+            )*
+        }
+    };
+}

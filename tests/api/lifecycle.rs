@@ -1,0 +1,189 @@
+//! Start-up, readiness, storage failures and graceful shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use analytics_service::clock::SystemClock;
+use serde_json::{Value, json};
+use sqlx::{Connection, Executor};
+
+use crate::helpers::{Backend, TestApp, TestDatabase, test_settings};
+
+const METRIC: &str = "/api/analytics/log_raw_metric";
+
+fn metric_body() -> Value {
+    json!({"metric_name": "m", "metric_value": 1, "data_string": "d"})
+}
+
+#[tokio::test]
+async fn healthz_and_readyz_answer_when_the_database_does() {
+    let app = TestApp::spawn(Backend::Postgres).await;
+
+    let health = app.client.get(app.url("/healthz")).send().await.unwrap();
+    let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
+
+    assert_eq!(health.status(), 200);
+    assert_eq!(ready.status(), 200);
+}
+
+#[tokio::test]
+async fn an_unreachable_database_gives_503_with_retry_after() {
+    let mut settings = test_settings("postgres://postgres@127.0.0.1:1/nowhere");
+    settings.database.startup_timeout_secs = 0;
+    settings.database.run_migrations = false;
+    settings.database.acquire_timeout_ms = 500;
+    let app = TestApp::start(settings, None, Arc::new(SystemClock)).await;
+
+    let response = app
+        .post_json(METRIC, &metric_body(), Some(&app.token("u")))
+        .await;
+    let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
+
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()["retry-after"], "1");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(
+        body["detail"]["hint"],
+        "Check analytics service connection and retry."
+    );
+    assert!(
+        !body.to_string().contains("127.0.0.1"),
+        "no connection details: {body}"
+    );
+    assert_eq!(ready.status(), 503);
+}
+
+#[tokio::test]
+async fn a_broken_schema_gives_500_with_a_safe_message() {
+    let app = TestApp::spawn(Backend::Postgres).await;
+    let mut conn = sqlx::PgConnection::connect(
+        app.settings
+            .database
+            .url
+            .as_ref()
+            .map(secrecy::ExposeSecret::expose_secret)
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    conn.execute(r#"drop table "AnalyticsDetails""#)
+        .await
+        .unwrap();
+    let body = json!({"type": "t", "data": {}, "data_index": "i"});
+
+    let response = app
+        .post_json(
+            "/api/analytics/log_raw_analytics",
+            &body,
+            Some(&app.token("u")),
+        )
+        .await;
+
+    assert_eq!(response.status(), 500);
+    assert_eq!(
+        response.json::<Value>().await.unwrap(),
+        json!({"detail": {"message": "Analytics database error", "hint": "Ensure analytics DB is reachable."}})
+    );
+}
+
+#[tokio::test]
+async fn prisma_schema_parameter_puts_the_tables_in_that_schema() {
+    let database = TestDatabase::create(Backend::Postgres).await;
+    let url = format!("{}?schema=platform&connect_timeout=5", database.url());
+    let app = TestApp::start(test_settings(&url), Some(database), Arc::new(SystemClock)).await;
+
+    let response = app
+        .post_json(METRIC, &metric_body(), Some(&app.token("u")))
+        .await;
+
+    assert_eq!(response.status(), 200);
+    let id: String = response.json().await.unwrap();
+    let plain_url = url.split('?').next().unwrap().to_owned();
+    let mut conn = sqlx::PgConnection::connect(&plain_url).await.unwrap();
+    let (count,): (i64,) =
+        sqlx::query_as(r#"select count(*) from platform."AnalyticsMetrics" where "id" = $1"#)
+            .bind(&id)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(count, 1);
+}
+
+#[tokio::test]
+async fn the_embedded_default_creates_its_file_and_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = test_settings("");
+    settings.database.url = None;
+    settings.database.sqlite_path = dir.path().join("data").join("analytics.db");
+    let app = TestApp::start(settings.clone(), None, Arc::new(SystemClock)).await;
+
+    let response = app
+        .post_json(METRIC, &metric_body(), Some(&app.token("u")))
+        .await;
+
+    assert_eq!(response.status(), 200);
+    assert!(settings.database.sqlite_path.is_file());
+}
+
+#[tokio::test]
+async fn shutdown_lets_in_flight_requests_finish() {
+    let mut app = TestApp::spawn(Backend::Postgres).await;
+    let url = app
+        .settings
+        .database
+        .url
+        .as_ref()
+        .map(secrecy::ExposeSecret::expose_secret)
+        .unwrap()
+        .to_owned();
+    let mut blocker = sqlx::PgConnection::connect(&url).await.unwrap();
+    blocker
+        .execute(r#"begin; lock table "AnalyticsMetrics" in access exclusive mode"#)
+        .await
+        .unwrap();
+    let request = app
+        .client
+        .post(app.url(METRIC))
+        .bearer_auth(app.token("u"))
+        .json(&metric_body())
+        .send();
+    let in_flight = tokio::spawn(request);
+    wait_for_lock_waiter(&url).await;
+
+    let release_later = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        blocker.execute("commit").await.unwrap();
+    };
+    let (stopped, ()) = tokio::join!(app.stop(), release_later);
+
+    stopped.expect("the server stops cleanly");
+    let response = in_flight.await.unwrap().unwrap();
+    assert_eq!(response.status(), 200);
+    let id: String = response.json().await.unwrap();
+    let mut check = sqlx::PgConnection::connect(&url).await.unwrap();
+    let (count,): (i64,) =
+        sqlx::query_as(r#"select count(*) from "AnalyticsMetrics" where "id" = $1"#)
+            .bind(&id)
+            .fetch_one(&mut check)
+            .await
+            .unwrap();
+    assert_eq!(count, 1);
+}
+
+/// Polls until some session waits on a lock, i.e. the request reached the database.
+async fn wait_for_lock_waiter(url: &str) {
+    let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+    for _ in 0..100 {
+        let (waiting,): (i64,) = sqlx::query_as(
+            "select count(*) from pg_stat_activity where wait_event_type = 'Lock' and datname = current_database()",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the request never reached the database");
+}

@@ -1,0 +1,9 @@
+//! One integration-test binary: every module starts the real service.
+
+mod helpers;
+
+mod analytics;
+mod auth;
+mod http_errors;
+mod lifecycle;
+mod metrics;

@@ -1,5 +1,7 @@
 //! `ApiError`: every way a request can fail, rendered in the original's error shapes.
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -35,9 +37,9 @@ pub enum ApiError {
     /// 503 when the database is unavailable, else 500; the hint is the endpoint's.
     #[error("storage failed")]
     Storage {
-        /// What the store reported (logged, never shown).
+        /// What the store reported (logged, never shown); shared by a whole batch.
         #[source]
-        source: StoreError,
+        source: Arc<StoreError>,
         /// The endpoint's hint, as the original.
         hint: &'static str,
     },
@@ -54,8 +56,11 @@ pub enum ApiError {
 
 impl ApiError {
     /// A storage failure with the endpoint's hint.
-    pub fn storage(source: StoreError, hint: &'static str) -> Self {
-        ApiError::Storage { source, hint }
+    pub fn storage(source: impl Into<Arc<StoreError>>, hint: &'static str) -> Self {
+        ApiError::Storage {
+            source: source.into(),
+            hint,
+        }
     }
 }
 
@@ -103,8 +108,14 @@ impl IntoResponse for ApiError {
 }
 
 /// The cause is logged here, once; the client gets a safe summary.
-fn storage_response(source: StoreError, hint: &'static str) -> Response {
-    let (status, message) = if source.is_unavailable() {
+fn storage_response(source: Arc<StoreError>, hint: &'static str) -> Response {
+    let (status, message) = if matches!(*source, StoreError::QueueFull) {
+        tracing::warn!("ingestion queue full; refusing a row");
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Analytics ingestion is overloaded; retry later",
+        )
+    } else if source.is_unavailable() {
         tracing::warn!(error = ?source, "analytics database unavailable");
         (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -90,6 +90,25 @@ pub struct Settings {
     pub sentry: SentrySettings,
     /// Discord alerts.
     pub discord: DiscordSettings,
+    /// Group commit and batch endpoints.
+    pub ingest: IngestSettings,
+}
+
+/// How single events are grouped into transactions, and the batch endpoints' limits.
+#[derive(Debug, Clone, Deserialize)]
+pub struct IngestSettings {
+    /// Most rows one transaction takes.
+    pub max_batch: usize,
+    /// How long a writer waits for more rows once it has one, in microseconds (0: none).
+    pub max_wait_us: u64,
+    /// Rows that may wait per table before requests get 503.
+    pub queue_capacity: usize,
+    /// Writers (concurrent transactions) per table.
+    pub writers_per_table: usize,
+    /// Most items in one batch-endpoint request.
+    pub batch_max_items: usize,
+    /// Largest body of a batch-endpoint request, in bytes.
+    pub batch_body_limit_bytes: usize,
 }
 
 /// Where and how the HTTP server listens.
@@ -268,8 +287,16 @@ impl Settings {
         if !(0.0..=1.0).contains(&self.sentry.traces_sample_rate) {
             return invalid("SENTRY_TRACES_SAMPLE_RATE must be between 0.0 and 1.0");
         }
-        if self.server.body_limit_bytes == 0 {
-            return invalid("server.body_limit_bytes must be at least 1");
+        if self.server.body_limit_bytes == 0 || self.ingest.batch_body_limit_bytes == 0 {
+            return invalid("body limits must be at least 1 byte");
+        }
+        if self.ingest.max_batch == 0 || self.ingest.queue_capacity == 0 {
+            return invalid("ingest.max_batch and ingest.queue_capacity must be at least 1");
+        }
+        if self.ingest.batch_max_items == 0 || self.ingest.writers_per_table == 0 {
+            return invalid(
+                "ingest.batch_max_items and ingest.writers_per_table must be at least 1",
+            );
         }
         Ok(())
     }

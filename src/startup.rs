@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 
 use crate::auth::Authenticator;
 use crate::clock::{Clock, SystemClock};
+use crate::ingest::{GroupCommit, GroupCommitSettings};
 use crate::routes::{RouterLimits, router};
 use crate::settings::Settings;
 use crate::state::AppState;
@@ -20,6 +21,7 @@ pub struct Application {
     listener: TcpListener,
     router: axum::Router,
     store: Arc<dyn Store>,
+    ingest: Arc<GroupCommit>,
     shutdown_timeout: Duration,
 }
 
@@ -37,14 +39,26 @@ impl Application {
         let store = store::connect(&settings.database)
             .await
             .context("database not usable")?;
+        let ingest = Arc::new(GroupCommit::start(
+            store.clone(),
+            GroupCommitSettings {
+                max_batch: settings.ingest.max_batch,
+                max_wait: Duration::from_micros(settings.ingest.max_wait_us),
+                queue_capacity: settings.ingest.queue_capacity,
+                writers_per_table: settings.ingest.writers_per_table,
+            },
+        ));
         let state = AppState {
             store: store.clone(),
+            ingest: ingest.clone(),
             authenticator: Arc::new(Authenticator::new(&settings.auth)),
             clock,
             body_limit: settings.server.body_limit_bytes,
+            batch_max_items: settings.ingest.batch_max_items,
         };
         let limits = RouterLimits {
             request_timeout: Duration::from_secs(settings.server.request_timeout_secs),
+            batch_body_limit: settings.ingest.batch_body_limit_bytes,
         };
         let address = format!("{}:{}", settings.server.host, settings.server.port);
         let listener = TcpListener::bind(&address)
@@ -54,6 +68,7 @@ impl Application {
             listener,
             router: router(state, limits),
             store,
+            ingest,
             shutdown_timeout: Duration::from_secs(settings.server.shutdown_timeout_secs),
         })
     }
@@ -96,6 +111,8 @@ impl Application {
                 tracing::warn!(timeout = ?self.shutdown_timeout, "in-flight requests did not finish in time");
             }
         }
+        // Rows already queued are written before the pool closes.
+        self.ingest.shutdown().await;
         self.store.close().await;
         tracing::info!("analytics-service stopped");
         Ok(())

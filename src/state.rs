@@ -4,17 +4,22 @@ use std::sync::Arc;
 
 use crate::auth::Authenticator;
 use crate::clock::Clock;
+use crate::ingest::GroupCommit;
 use crate::store::Store;
 
 /// Shared, cheaply cloned handler state.
 #[derive(Clone)]
 pub struct AppState {
-    /// Where rows go.
+    /// Where rows go (batch endpoints, readiness).
     pub store: Arc<dyn Store>,
+    /// Group commit for the single-event endpoints.
+    pub ingest: Arc<GroupCommit>,
     /// Bearer-token verification.
     pub authenticator: Arc<Authenticator>,
     /// "Now", injectable for tests.
     pub clock: Arc<dyn Clock>,
     /// Largest accepted request body, in bytes (named in the 413).
     pub body_limit: usize,
+    /// Most items in one batch-endpoint request.
+    pub batch_max_items: usize,
 }

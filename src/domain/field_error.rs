@@ -131,6 +131,17 @@ impl FieldError {
         )
     }
 
+    /// An error about the body as a whole (`loc: ["body"]`).
+    pub fn whole_body(kind: &'static str, msg: String, input: Value, ctx: Option<Value>) -> Self {
+        FieldError {
+            kind,
+            loc: vec!["body".into()],
+            msg,
+            input,
+            ctx,
+        }
+    }
+
     /// The whole body is not an object.
     pub fn model_type(class_name: &str, input: Value) -> Self {
         FieldError {

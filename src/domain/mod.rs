@@ -1,10 +1,12 @@
 //! Validated request types and the rules that build them. No I/O here.
 
+mod batch;
 mod event;
 mod field_error;
 mod metric;
 mod sanitize;
 
+pub use batch::parse_batch;
 pub use event::NewAnalyticsEvent;
 pub use field_error::{FieldError, Location};
 pub use metric::NewMetric;

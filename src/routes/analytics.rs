@@ -12,9 +12,9 @@ use crate::state::AppState;
 use crate::store::{EventRow, MetricRow};
 
 /// The original's hint on a failed metric write.
-const METRIC_HINT: &str = "Check analytics service connection and retry.";
+pub(super) const METRIC_HINT: &str = "Check analytics service connection and retry.";
 /// The original's hint on a failed event write.
-const ANALYTICS_HINT: &str = "Ensure analytics DB is reachable.";
+pub(super) const ANALYTICS_HINT: &str = "Ensure analytics DB is reachable.";
 
 /// The two ingestion routes.
 pub fn routes() -> Router<AppState> {
@@ -36,12 +36,13 @@ pub async fn log_raw_metric(
     let caller = caller?;
     let metric = NewMetric::parse(&body.value).map_err(|errors| body.invalid(errors))?;
     let row = MetricRow::new(state.clock.now(), caller.user_id, metric);
+    let id = row.id;
     state
-        .store
-        .insert_metrics(std::slice::from_ref(&row))
+        .ingest
+        .store_metric(row)
         .await
         .map_err(|e| ApiError::storage(e, METRIC_HINT))?;
-    Ok(Json(row.id.to_string()))
+    Ok(Json(id.to_string()))
 }
 
 /// Stores one analytics event; answers its id as a bare JSON string.
@@ -54,10 +55,11 @@ pub async fn log_raw_analytics(
     let caller = caller?;
     let event = NewAnalyticsEvent::parse(&body.value).map_err(|errors| body.invalid(errors))?;
     let row = EventRow::new(state.clock.now(), caller.user_id, event);
+    let id = row.id;
     state
-        .store
-        .insert_events(std::slice::from_ref(&row))
+        .ingest
+        .store_event(row)
         .await
         .map_err(|e| ApiError::storage(e, ANALYTICS_HINT))?;
-    Ok(Json(row.id.to_string()))
+    Ok(Json(id.to_string()))
 }

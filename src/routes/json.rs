@@ -79,20 +79,26 @@ fn parse(body: &Bytes, json: bool) -> Result<Value, FieldError> {
     })
 }
 
+/// The body limit of a route group, when it differs from the service-wide one.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteBodyLimit(pub usize);
+
 impl FromRequest<AppState> for JsonBody {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
         let request_line = format!("{} {}", request.method(), request.uri().path());
         let json = is_json_content_type(&request);
+        let limit = request
+            .extensions()
+            .get::<RouteBodyLimit>()
+            .map_or(state.body_limit, |l| l.0);
         let bytes =
             Bytes::from_request(request, state)
                 .await
                 .map_err(|rejection| match rejection {
                     BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_)) => {
-                        ApiError::PayloadTooLarge {
-                            limit: state.body_limit,
-                        }
+                        ApiError::PayloadTooLarge { limit }
                     }
                     other => ApiError::BodyUnreadable(other.body_text()),
                 })?;

@@ -1,6 +1,7 @@
 //! The router: every route module merged once, and the middleware stack.
 
 mod analytics;
+mod batch;
 mod health;
 pub mod json;
 
@@ -20,6 +21,8 @@ use crate::state::AppState;
 pub struct RouterLimits {
     /// A request running longer than this is answered 503.
     pub request_timeout: Duration,
+    /// Largest body of a batch-endpoint request.
+    pub batch_body_limit: usize,
 }
 
 /// All routes with their middleware.
@@ -27,6 +30,7 @@ pub fn router(state: AppState, limits: RouterLimits) -> Router {
     let body_limit = state.body_limit;
     Router::new()
         .merge(analytics::routes())
+        .merge(batch::routes(limits.batch_body_limit))
         .merge(health::routes())
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })

@@ -32,12 +32,21 @@ pub enum StoreError {
     /// The configured URL cannot be used (the message never contains the URL).
     #[error("invalid database URL: {0}")]
     InvalidUrl(String),
+    /// Too many rows are already waiting to be written.
+    #[error("ingestion queue full")]
+    QueueFull,
+    /// The service is shutting down and takes no new rows.
+    #[error("shutting down")]
+    ShuttingDown,
 }
 
 impl StoreError {
     /// True when a later retry may succeed (the API answers 503, not 500).
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, StoreError::Unavailable(_))
+        matches!(
+            self,
+            StoreError::Unavailable(_) | StoreError::QueueFull | StoreError::ShuttingDown
+        )
     }
 }
 

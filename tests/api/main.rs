@@ -4,6 +4,8 @@ mod helpers;
 
 mod analytics;
 mod auth;
+mod batch;
+mod group_commit;
 mod http_errors;
 mod lifecycle;
 mod metrics;

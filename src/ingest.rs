@@ -1,0 +1,239 @@
+//! Group commit: single-event requests hand their row to a writer and wait; a writer takes
+//! every row that has arrived (up to `max_batch`) and stores them in one transaction.
+//!
+//! A request is answered only after the transaction holding its row commits, so a 200
+//! still means "durably stored"; the database just sees one commit per batch instead of
+//! one per request. The queue is bounded: when it is full the request is refused (503)
+//! instead of waiting without bound.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::{Mutex, mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::store::{EventRow, MetricRow, Store, StoreError};
+
+/// How the writers batch.
+#[derive(Debug, Clone, Copy)]
+pub struct GroupCommitSettings {
+    /// Most rows in one transaction.
+    pub max_batch: usize,
+    /// How long a writer waits for more rows once it has one (zero: take what is queued).
+    pub max_wait: Duration,
+    /// Rows that may wait per table before requests are refused with 503.
+    pub queue_capacity: usize,
+    /// Writers per table, i.e. transactions that may be in flight at once per table.
+    pub writers_per_table: usize,
+}
+
+/// The outcome a waiting request receives; shared because one failure answers many.
+pub type WriteResult = Result<(), Arc<StoreError>>;
+
+/// A row type the writers know how to store.
+#[async_trait]
+pub trait BatchRow: Send + Sync + Sized + 'static {
+    /// The table, for metric labels.
+    const TABLE: &'static str;
+    /// Stores all rows in one transaction.
+    async fn insert_all(store: &dyn Store, rows: &[Self]) -> Result<(), StoreError>;
+}
+
+#[async_trait]
+impl BatchRow for MetricRow {
+    const TABLE: &'static str = "AnalyticsMetrics";
+    async fn insert_all(store: &dyn Store, rows: &[Self]) -> Result<(), StoreError> {
+        store.insert_metrics(rows).await
+    }
+}
+
+#[async_trait]
+impl BatchRow for EventRow {
+    const TABLE: &'static str = "AnalyticsDetails";
+    async fn insert_all(store: &dyn Store, rows: &[Self]) -> Result<(), StoreError> {
+        store.insert_events(rows).await
+    }
+}
+
+struct Pending<R> {
+    row: R,
+    done: oneshot::Sender<WriteResult>,
+}
+
+/// The queue of one table, shared by its writers.
+struct Queue<R> {
+    sender: mpsc::Sender<Pending<R>>,
+}
+
+impl<R: BatchRow> Queue<R> {
+    async fn submit(&self, row: R) -> WriteResult {
+        let (done, outcome) = oneshot::channel();
+        self.sender
+            .try_send(Pending { row, done })
+            .map_err(|err| match err {
+                mpsc::error::TrySendError::Full(_) => Arc::new(StoreError::QueueFull),
+                mpsc::error::TrySendError::Closed(_) => Arc::new(StoreError::ShuttingDown),
+            })?;
+        outcome
+            .await
+            .unwrap_or_else(|_| Err(Arc::new(StoreError::ShuttingDown)))
+    }
+}
+
+/// The writers of both tables; `shutdown` drains them.
+pub struct GroupCommit {
+    metrics: Queue<MetricRow>,
+    events: Queue<EventRow>,
+    stop: watch::Sender<bool>,
+    writers: std::sync::Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl GroupCommit {
+    /// Starts the writers on the current Tokio runtime.
+    pub fn start(store: Arc<dyn Store>, settings: GroupCommitSettings) -> Self {
+        let (stop, stopped) = watch::channel(false);
+        let mut writers = Vec::new();
+        let metrics = spawn_writers(&store, settings, &stopped, &mut writers);
+        let events = spawn_writers(&store, settings, &stopped, &mut writers);
+        GroupCommit {
+            metrics,
+            events,
+            stop,
+            writers: std::sync::Mutex::new(writers),
+        }
+    }
+
+    /// Stores one metric; returns once its transaction has committed.
+    pub async fn store_metric(&self, row: MetricRow) -> WriteResult {
+        self.metrics.submit(row).await
+    }
+
+    /// Stores one event; returns once its transaction has committed.
+    pub async fn store_event(&self, row: EventRow) -> WriteResult {
+        self.events.submit(row).await
+    }
+
+    /// Refuses new rows, writes every queued one, and waits for the writers to finish.
+    pub async fn shutdown(&self) {
+        let _ = self.stop.send(true);
+        let writers = std::mem::take(&mut *self.writers.lock().expect("writer list lock"));
+        for writer in writers {
+            let _ = writer.await;
+        }
+    }
+}
+
+fn spawn_writers<R: BatchRow>(
+    store: &Arc<dyn Store>,
+    settings: GroupCommitSettings,
+    stopped: &watch::Receiver<bool>,
+    handles: &mut Vec<JoinHandle<()>>,
+) -> Queue<R> {
+    let (sender, receiver) = mpsc::channel(settings.queue_capacity.max(1));
+    let receiver = Arc::new(Mutex::new(receiver));
+    for _ in 0..settings.writers_per_table.max(1) {
+        handles.push(tokio::spawn(write_loop(
+            store.clone(),
+            receiver.clone(),
+            settings,
+            stopped.clone(),
+        )));
+    }
+    Queue { sender }
+}
+
+async fn write_loop<R: BatchRow>(
+    store: Arc<dyn Store>,
+    receiver: Arc<Mutex<mpsc::Receiver<Pending<R>>>>,
+    settings: GroupCommitSettings,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut batch: Vec<Pending<R>> = Vec::with_capacity(settings.max_batch);
+    loop {
+        {
+            // The lock is held only while collecting: other writers commit meanwhile.
+            let mut receiver = receiver.lock().await;
+            if !collect(&mut receiver, &mut batch, settings, &mut stopped).await {
+                return;
+            }
+        }
+        commit(&*store, std::mem::take(&mut batch)).await;
+    }
+}
+
+/// Fills `batch`; false when the queue is closed and empty (time to exit).
+async fn collect<R>(
+    receiver: &mut mpsc::Receiver<Pending<R>>,
+    batch: &mut Vec<Pending<R>>,
+    settings: GroupCommitSettings,
+    stopped: &mut watch::Receiver<bool>,
+) -> bool {
+    let first = tokio::select! {
+        biased;
+        pending = receiver.recv() => pending,
+        () = async { let _ = stopped.wait_for(|stop| *stop).await; } => {
+            // No new rows from now on; what is queued is still written.
+            receiver.close();
+            receiver.recv().await
+        }
+    };
+    let Some(first) = first else { return false };
+    batch.push(first);
+    while batch.len() < settings.max_batch {
+        match receiver.try_recv() {
+            Ok(pending) => batch.push(pending),
+            Err(_) => break,
+        }
+    }
+    if batch.len() < settings.max_batch && !settings.max_wait.is_zero() {
+        let deadline = tokio::time::sleep(settings.max_wait);
+        tokio::pin!(deadline);
+        while batch.len() < settings.max_batch {
+            tokio::select! {
+                pending = receiver.recv() => match pending {
+                    Some(pending) => batch.push(pending),
+                    None => break,
+                },
+                () = &mut deadline => break,
+            }
+        }
+    }
+    true
+}
+
+/// One transaction for the batch; if it fails for a reason a retry will not fix, each row
+/// is retried alone so that one bad row fails only its own request.
+async fn commit<R: BatchRow>(store: &dyn Store, batch: Vec<Pending<R>>) {
+    let (rows, waiters): (Vec<R>, Vec<_>) = batch.into_iter().map(|p| (p.row, p.done)).unzip();
+    metrics::histogram!("analytics_group_commit_batch_rows", "table" => R::TABLE)
+        .record(rows.len() as f64);
+    match insert(store, &rows).await {
+        Ok(()) => waiters.into_iter().for_each(|w| {
+            let _ = w.send(Ok(()));
+        }),
+        Err(err) if err.is_unavailable() || rows.len() == 1 => {
+            let err = Arc::new(err);
+            waiters.into_iter().for_each(|w| {
+                let _ = w.send(Err(err.clone()));
+            });
+        }
+        Err(err) => {
+            tracing::warn!(error = ?err, rows = rows.len(), table = R::TABLE, "batch insert failed; retrying row by row");
+            for (row, waiter) in rows.iter().zip(waiters) {
+                let outcome = insert(store, std::slice::from_ref(row))
+                    .await
+                    .map_err(Arc::new);
+                let _ = waiter.send(outcome);
+            }
+        }
+    }
+}
+
+async fn insert<R: BatchRow>(store: &dyn Store, rows: &[R]) -> Result<(), StoreError> {
+    metrics::counter!("analytics_store_transactions_total", "table" => R::TABLE).increment(1);
+    R::insert_all(store, rows).await?;
+    metrics::counter!("analytics_rows_stored_total", "table" => R::TABLE)
+        .increment(rows.len() as u64);
+    Ok(())
+}

@@ -1,0 +1,112 @@
+//! `POST /api/analytics/log_raw_metric/batch` and `POST /api/analytics/log_raw_analytics/batch`:
+//! for clients that buffer. Valid items are stored in one transaction; the answer lists one
+//! result per item, in order.
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::routing::post;
+use axum::{Extension, Json, Router};
+use serde::Serialize;
+
+use super::analytics::{ANALYTICS_HINT, METRIC_HINT};
+use super::json::{JsonBody, RouteBodyLimit};
+use crate::auth::Caller;
+use crate::domain::{FieldError, NewAnalyticsEvent, NewMetric, parse_batch};
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::store::{EventRow, MetricRow};
+
+/// One item's outcome: `{"id": "…"}` or `{"error": [<422 error objects>]}`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ItemResult {
+    /// Stored with this id.
+    Id(String),
+    /// Refused; nothing stored for this item.
+    Error(Vec<FieldError>),
+}
+
+/// The batch routes, with their own (larger) body limit.
+pub fn routes(body_limit: usize) -> Router<AppState> {
+    Router::new()
+        .route(
+            "/api/analytics/log_raw_metric/batch",
+            post(log_raw_metric_batch),
+        )
+        .route(
+            "/api/analytics/log_raw_analytics/batch",
+            post(log_raw_analytics_batch),
+        )
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(Extension(RouteBodyLimit(body_limit)))
+}
+
+/// Splits parse results into rows to store and the per-item answers (ids filled in now,
+/// since the rows' ids are generated before storing).
+fn plan<T, R>(
+    parsed: Vec<Result<T, Vec<FieldError>>>,
+    make_row: impl Fn(T) -> (uuid::Uuid, R),
+) -> (Vec<R>, Vec<ItemResult>) {
+    let mut rows = Vec::new();
+    let results = parsed
+        .into_iter()
+        .map(|item| match item {
+            Ok(valid) => {
+                let (id, row) = make_row(valid);
+                rows.push(row);
+                ItemResult::Id(id.to_string())
+            }
+            Err(errors) => ItemResult::Error(errors),
+        })
+        .collect();
+    (rows, results)
+}
+
+/// Stores the valid metrics of a batch in one transaction.
+#[tracing::instrument(name = "log_raw_metric_batch", skip_all)]
+pub async fn log_raw_metric_batch(
+    State(state): State<AppState>,
+    caller: Result<Caller, ApiError>,
+    body: JsonBody,
+) -> Result<Json<Vec<ItemResult>>, ApiError> {
+    let caller = caller?;
+    let parsed = parse_batch(&body.value, state.batch_max_items, NewMetric::parse)
+        .map_err(|errors| body.invalid(errors))?;
+    let now = state.clock.now();
+    let (rows, results) = plan(parsed, |metric| {
+        let row = MetricRow::new(now, caller.user_id.clone(), metric);
+        (row.id, row)
+    });
+    if !rows.is_empty() {
+        state
+            .store
+            .insert_metrics(&rows)
+            .await
+            .map_err(|e| ApiError::storage(e, METRIC_HINT))?;
+    }
+    Ok(Json(results))
+}
+
+/// Stores the valid events of a batch in one transaction.
+#[tracing::instrument(name = "log_raw_analytics_batch", skip_all)]
+pub async fn log_raw_analytics_batch(
+    State(state): State<AppState>,
+    caller: Result<Caller, ApiError>,
+    body: JsonBody,
+) -> Result<Json<Vec<ItemResult>>, ApiError> {
+    let caller = caller?;
+    let parsed = parse_batch(&body.value, state.batch_max_items, NewAnalyticsEvent::parse)
+        .map_err(|errors| body.invalid(errors))?;
+    let now = state.clock.now();
+    let (rows, results) = plan(parsed, |event| {
+        let row = EventRow::new(now, caller.user_id.clone(), event);
+        (row.id, row)
+    });
+    if !rows.is_empty() {
+        state
+            .store
+            .insert_events(&rows)
+            .await
+            .map_err(|e| ApiError::storage(e, ANALYTICS_HINT))?;
+    }
+    Ok(Json(results))
+}

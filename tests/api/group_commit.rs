@@ -1,0 +1,238 @@
+//! Group commit: concurrent single-event requests share transactions, yet every 200 means
+//! the row is committed.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use secrecy::ExposeSecret;
+use serde_json::{Value, json};
+use sqlx::{Connection, Executor, PgConnection};
+use tokio::task::JoinSet;
+
+use crate::helpers::{Backend, TestApp};
+use crate::on_both_backends;
+
+const METRIC: &str = "/api/analytics/log_raw_metric";
+
+fn metric(name: &str) -> Value {
+    json!({"metric_name": name, "metric_value": 1, "data_string": "d"})
+}
+
+/// Fires `bodies` concurrently; returns (status, body) per request, in completion order.
+async fn post_all(app: &TestApp, bodies: Vec<Value>) -> Vec<(u16, Value)> {
+    let token = app.token("user-1");
+    let mut requests = JoinSet::new();
+    for body in bodies {
+        let request = app
+            .client
+            .post(app.url(METRIC))
+            .bearer_auth(&token)
+            .json(&body)
+            .send();
+        requests.spawn(async move {
+            let response = request.await.expect("the request reaches the server");
+            (
+                response.status().as_u16(),
+                response.json::<Value>().await.unwrap(),
+            )
+        });
+    }
+    requests.join_all().await
+}
+
+async fn pg(app: &TestApp) -> PgConnection {
+    let url = app.settings.database.url.as_ref().unwrap().expose_secret();
+    PgConnection::connect(url).await.unwrap()
+}
+
+async fn count(conn: &mut PgConnection, sql: &'static str) -> i64 {
+    let (n,): (i64,) = sqlx::query_as(sql).fetch_one(conn).await.unwrap();
+    n
+}
+
+/// Polls until a session of this database waits on a lock (a writer reached the table).
+async fn wait_for_lock_waiter(conn: &mut PgConnection) {
+    for _ in 0..200 {
+        let waiting = count(
+            conn,
+            "select count(*) from pg_stat_activity where wait_event_type = 'Lock' and datname = current_database()",
+        )
+        .await;
+        if waiting > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("no writer ever waited on the table lock");
+}
+
+async fn concurrent_requests_get_distinct_ids_and_all_rows_are_stored(app: TestApp) {
+    let bodies = (0..200).map(|i| metric(&format!("m{i}"))).collect();
+
+    let answers = post_all(&app, bodies).await;
+
+    let ids: HashSet<String> = answers
+        .iter()
+        .map(|(status, body)| {
+            assert_eq!(*status, 200, "{body}");
+            body.as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(ids.len(), 200);
+    for id in &ids {
+        assert!(
+            app.store.metric_by_id(id).await.unwrap().is_some(),
+            "row {id} missing"
+        );
+    }
+}
+
+on_both_backends!(concurrent_requests_get_distinct_ids_and_all_rows_are_stored);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_concurrent_requests_take_fewer_transactions_than_requests() {
+    let app = TestApp::spawn(Backend::Postgres).await;
+    let bodies = (0..500).map(|i| metric(&format!("m{i}"))).collect();
+
+    let answers = post_all(&app, bodies).await;
+
+    assert!(answers.iter().all(|(status, _)| *status == 200));
+    let mut conn = pg(&app).await;
+    assert_eq!(
+        count(&mut conn, r#"select count(*) from "AnalyticsMetrics""#).await,
+        500
+    );
+    // Rows written by one transaction share its id (xmin).
+    let transactions = count(
+        &mut conn,
+        r#"select count(distinct xmin::text) from "AnalyticsMetrics""#,
+    )
+    .await;
+    assert!(
+        transactions < 500,
+        "{transactions} transactions for 500 rows"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_the_database_refuses_fails_only_its_own_request() {
+    let app = TestApp::spawn_with(Backend::Postgres, |s| {
+        s.ingest.writers_per_table = 1;
+        s.ingest.max_wait_us = 300_000;
+    })
+    .await;
+    let mut conn = pg(&app).await;
+    conn.execute(r#"alter table "AnalyticsMetrics" add constraint no_poison check ("analyticMetric" <> 'poison')"#)
+        .await
+        .unwrap();
+    let mut bodies: Vec<Value> = (0..39).map(|i| metric(&format!("m{i}"))).collect();
+    bodies.insert(17, metric("poison"));
+
+    let answers = post_all(&app, bodies).await;
+
+    let failed: Vec<&Value> = answers
+        .iter()
+        .filter(|(s, _)| *s != 200)
+        .map(|(_, b)| b)
+        .collect();
+    assert_eq!(failed.len(), 1, "{answers:?}");
+    assert_eq!(failed[0]["detail"]["message"], "Analytics database error");
+    assert_eq!(
+        count(&mut conn, r#"select count(*) from "AnalyticsMetrics""#).await,
+        39
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_answers_503_with_retry_after() {
+    let app = TestApp::spawn_with(Backend::Postgres, |s| {
+        s.ingest.writers_per_table = 1;
+        s.ingest.max_batch = 1;
+        s.ingest.queue_capacity = 1;
+    })
+    .await;
+    let mut blocker = pg(&app).await;
+    blocker
+        .execute(r#"begin; lock table "AnalyticsMetrics" in access exclusive mode"#)
+        .await
+        .unwrap();
+    let token = app.token("user-1");
+    let send = |name: &str| {
+        app.client
+            .post(app.url(METRIC))
+            .bearer_auth(&token)
+            .json(&metric(name))
+            .send()
+    };
+    let first = tokio::spawn(send("first"));
+    wait_for_lock_waiter(&mut pg(&app).await).await;
+    let mut rest = JoinSet::new();
+    for i in 0..5 {
+        rest.spawn(send(&format!("r{i}")));
+    }
+
+    let refused = rest.join_next().await.unwrap().unwrap().unwrap();
+
+    assert_eq!(refused.status(), 503);
+    assert_eq!(refused.headers()["retry-after"], "1");
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(
+        body["detail"]["hint"],
+        "Check analytics service connection and retry."
+    );
+    blocker.execute("commit").await.unwrap();
+    assert_eq!(first.await.unwrap().unwrap().status(), 200);
+    let mut accepted = 1;
+    for response in rest.join_all().await {
+        let status = response.unwrap().status().as_u16();
+        assert!(status == 200 || status == 503, "{status}");
+        accepted += i64::from(status == 200);
+    }
+    let mut conn = pg(&app).await;
+    assert_eq!(
+        count(&mut conn, r#"select count(*) from "AnalyticsMetrics""#).await,
+        accepted
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_with_a_full_queue_answers_every_accepted_request() {
+    let mut app = TestApp::spawn_with(Backend::Postgres, |s| s.ingest.writers_per_table = 1).await;
+    let mut blocker = pg(&app).await;
+    blocker
+        .execute(r#"begin; lock table "AnalyticsMetrics" in access exclusive mode"#)
+        .await
+        .unwrap();
+    let token = app.token("user-1");
+    let mut requests = JoinSet::new();
+    for i in 0..20 {
+        let request = app
+            .client
+            .post(app.url(METRIC))
+            .bearer_auth(&token)
+            .json(&metric(&format!("m{i}")))
+            .send();
+        requests.spawn(request);
+    }
+    wait_for_lock_waiter(&mut pg(&app).await).await;
+
+    let release_later = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        blocker.execute("commit").await.unwrap();
+    };
+    let (stopped, ()) = tokio::join!(app.stop(), release_later);
+
+    stopped.expect("the server stops cleanly");
+    let statuses: Vec<u16> = requests
+        .join_all()
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().status().as_u16())
+        .collect();
+    assert_eq!(statuses, vec![200; 20]);
+    let mut conn = pg(&app).await;
+    assert_eq!(
+        count(&mut conn, r#"select count(*) from "AnalyticsMetrics""#).await,
+        20
+    );
+}

@@ -2,7 +2,10 @@
 
 use serde_json::{Map, Value};
 
-use super::{FieldError, body_object, fields, strip_control_chars, strip_control_chars_in_json};
+use super::{
+    FieldError, Location, body_object, fields, input_of, pyjson, strip_control_chars,
+    strip_control_chars_in_json,
+};
 
 /// An analytics event that passed validation, control characters already stripped.
 #[derive(Debug, Clone, PartialEq)]
@@ -47,11 +50,37 @@ fn dict<'a>(
             errors.push(FieldError::missing(field, object));
             None
         }
-        Some(Value::Object(map)) => Some(map),
+        Some(data @ Value::Object(map)) => {
+            let before = errors.len();
+            let mut path = vec![Location::from("body"), Location::from(field)];
+            find_non_finite(data, &mut path, errors);
+            (errors.len() == before).then_some(map)
+        }
         Some(other) => {
             errors.push(FieldError::dict_type(field, other));
             None
         }
+    }
+}
+
+/// Python would have stored NaN/Infinity and PostgreSQL's JSONB refused them (a 500); here
+/// they are a 422 naming where they are.
+fn find_non_finite(value: &Value, path: &mut Vec<Location>, errors: &mut Vec<FieldError>) {
+    match value {
+        Value::Object(map) => map.iter().for_each(|(key, item)| {
+            path.push(Location::Key(key.clone()));
+            find_non_finite(item, path, errors);
+            path.pop();
+        }),
+        Value::Array(items) => items.iter().enumerate().for_each(|(index, item)| {
+            path.push(Location::Index(index));
+            find_non_finite(item, path, errors);
+            path.pop();
+        }),
+        other if pyjson::non_finite_token(other).is_some() => {
+            errors.push(FieldError::finite_number_at(path.clone(), &input_of(other)));
+        }
+        _ => {}
     }
 }
 

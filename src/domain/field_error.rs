@@ -102,6 +102,17 @@ impl FieldError {
         )
     }
 
+    /// A non-finite number somewhere inside a field (`loc` is the full path).
+    pub fn finite_number_at(loc: Vec<Location>, input: &Value) -> Self {
+        FieldError {
+            kind: "finite_number",
+            loc,
+            msg: "Input should be a finite number".to_owned(),
+            input: input.clone(),
+            ctx: None,
+        }
+    }
+
     /// NaN, an infinity, or a number beyond f64's range.
     pub fn finite_number(field: &str, input: &Value) -> Self {
         Self::at(

@@ -2,7 +2,7 @@
 
 use serde_json::{Map, Value};
 
-use super::{FieldError, body_object, fields, strip_control_chars};
+use super::{FieldError, body_object, fields, input_of, pyjson, strip_control_chars};
 
 /// A metric that passed validation, control characters already stripped.
 #[derive(Debug, Clone, PartialEq)]
@@ -44,6 +44,10 @@ fn non_negative_number(
         errors.push(FieldError::missing(field, object));
         return None;
     };
+    if pyjson::non_finite_token(input).is_some() {
+        errors.push(FieldError::finite_number(field, &input_of(input)));
+        return None;
+    }
     let parsed = match input {
         Value::Number(n) => n.as_f64().ok_or(FieldError::finite_number(field, input)),
         Value::String(s) => s

@@ -4,6 +4,7 @@ mod batch;
 mod event;
 mod field_error;
 mod metric;
+pub mod pyjson;
 mod sanitize;
 
 pub use batch::parse_batch;
@@ -23,6 +24,14 @@ fn body_object<'a>(
         .ok_or_else(|| vec![FieldError::model_type(class_name, body.clone())])
 }
 
+/// The input to echo in an error: a non-finite marker shows as its original token.
+fn input_of(value: &Value) -> Value {
+    match pyjson::non_finite_token(value) {
+        Some(token) => Value::String(token.to_owned()),
+        None => value.clone(),
+    }
+}
+
 /// Field readers shared by the request types.
 mod fields {
     use serde_json::{Map, Value};
@@ -39,6 +48,10 @@ mod fields {
         match object.get(field) {
             None => {
                 errors.push(FieldError::missing(field, object));
+                None
+            }
+            Some(input) if super::pyjson::non_finite_token(input).is_some() => {
+                errors.push(FieldError::string_type(field, &super::input_of(input)));
                 None
             }
             Some(input @ Value::String(s)) => {

@@ -9,7 +9,7 @@ use axum::extract::{FromRequest, Request};
 use axum::http::header;
 use serde_json::{Map, Value};
 
-use crate::domain::FieldError;
+use crate::domain::{FieldError, pyjson};
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -72,7 +72,7 @@ fn parse(body: &Bytes, json: bool) -> Result<Value, FieldError> {
     if !json {
         return Ok(Value::String(String::from_utf8_lossy(body).into_owned()));
     }
-    serde_json::from_slice(body).map_err(|err| {
+    pyjson::parse(body).map_err(|err| {
         let reason = err.to_string();
         let reason = reason.split(" at line ").next().unwrap_or_default();
         FieldError::json_invalid(error_offset(body, &err), reason)

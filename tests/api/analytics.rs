@@ -117,3 +117,24 @@ on_both_backends!(
     empty_type_and_index_are_allowed,
     an_admin_can_store_on_behalf_of_another_user,
 );
+
+#[tokio::test]
+async fn non_finite_numbers_inside_data_are_refused_with_their_location() {
+    let app = crate::helpers::TestApp::spawn(crate::helpers::Backend::Postgres).await;
+    let raw = r#"{"type": "t", "data": {"a": [1, NaN]}, "data_index": "i"}"#;
+
+    let response = app
+        .client
+        .post(app.url(PATH))
+        .bearer_auth(app.token("u"))
+        .header("content-type", "application/json")
+        .body(raw)
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(response.status(), 422);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["detail"][0]["type"], "finite_number");
+    assert_eq!(body["detail"][0]["loc"], json!(["body", "data", "a", 1]));
+}

@@ -198,3 +198,28 @@ async fn timestamps_come_from_the_clock_at_millisecond_precision() {
     assert_eq!(row.created_at, expected);
     assert_eq!(row.updated_at, expected);
 }
+
+#[tokio::test]
+async fn python_json_literals_and_overflowing_numbers_are_finite_number_errors() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let token = app.token("user-1");
+    for literal in ["NaN", "Infinity", "-Infinity", "1e309"] {
+        let raw =
+            format!(r#"{{"metric_name": "m", "metric_value": {literal}, "data_string": "d"}}"#);
+
+        let response = app
+            .client
+            .post(app.url(PATH))
+            .bearer_auth(&token)
+            .header("content-type", "application/json")
+            .body(raw)
+            .send()
+            .await
+            .unwrap();
+
+        assert_eq!(response.status(), 422, "{literal}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["detail"][0]["type"], "finite_number", "{literal}");
+        assert_eq!(body["detail"][0]["input"], literal);
+    }
+}

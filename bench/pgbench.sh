@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The database's own ceiling for our INSERTs, with pgbench (no HTTP in the way), on a fresh
+# database with the service's migrations applied:
+#   single    one-row INSERT, one commit per row (what a non-batching service can reach)
+#   batch100  one 100-row INSERT per commit
+# Prints CSV: variant,clients,tps,rows_per_s,lat_avg_ms
+# Env: DURATION=6 CLIENTS="16 64" ADMIN_URL=postgres://postgres@127.0.0.1:5432/postgres
+set -euo pipefail
+cd "$(dirname "$0")/.."
+duration="${DURATION:-6}"
+clients="${CLIENTS:-16 64}"
+admin_url="${ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+db=analytics_pgbench
+db_url="${admin_url%/*}/$db"
+case "$admin_url" in *@127.0.0.1[:/]*|*@localhost[:/]*) ;; *) echo "refusing a non-loopback database" >&2; exit 2 ;; esac
+
+scripts/ensure-postgres "$admin_url"
+psql "$admin_url" -qX -c "drop database if exists $db with (force)" -c "create database $db"
+psql "$db_url" -qX -f migrations/postgres/0001_init.sql
+work="$(mktemp -d)"; trap 'rm -rf "$work"' EXIT
+
+values() {  # $1 = number of rows
+  for i in $(seq 1 "$1"); do
+    sep=','; [[ $i == "$1" ]] && sep=';'
+    echo "(gen_random_uuid()::text, now(), now(), 'bench_metric_' || :v, :v + $i, '/build/$i', 'bench-user')$sep"
+  done
+}
+for variant in single:1 batch100:100; do
+  { echo '\set v random(0, 999)'
+    echo 'insert into "AnalyticsMetrics" ("id", "createdAt", "updatedAt", "analyticMetric", "value", "dataString", "userId") values'
+    values "${variant#*:}"; } > "$work/${variant%:*}.sql"
+done
+
+echo "variant,clients,tps,rows_per_s,lat_avg_ms"
+for variant in single:1 batch100:100; do
+  name="${variant%:*}"; rows="${variant#*:}"
+  for c in $clients; do
+    psql "$db_url" -qX -c 'truncate "AnalyticsMetrics"' -c 'checkpoint'
+    if ! out="$(timeout $(( duration + 60 )) pgbench -n -M prepared -c "$c" -j 2 -T "$duration" -f "$work/$name.sql" "$db_url" 2>&1)"; then
+      echo "pgbench $name -c $c failed: $(tail -n 1 <<<"$out")" >&2; echo "$name,$c,NA,NA,NA"; continue
+    fi
+    tps="$(sed -n 's/^tps = \([0-9.]*\) .*/\1/p' <<<"$out")"
+    lat="$(sed -n 's/^latency average = \([0-9.]*\) ms/\1/p' <<<"$out")"
+    awk -v v="$name" -v c="$c" -v t="$tps" -v r="$rows" -v l="$lat" \
+      'BEGIN { printf "%s,%s,%.0f,%.0f,%s\n", v, c, t, t * r, l }'
+  done
+done
+psql "$admin_url" -qX -c "drop database if exists $db with (force)"

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# One-command benchmark of analytics-service on this machine (loopback only, bounded).
+# Builds the release binary, starts it on a fresh PostgreSQL database, runs wrk scenarios
+# at several connection counts and prints one CSV line per run:
+#   scenario,conns,rps,rows_per_s,p50_ms,p99_ms,peak_rss_mb,ok,rows,missing_ids,check
+# check = ok when the table holds exactly one row per id answered with 200 (and no
+# other rows), and every such id is found in the table.
+# Env: DURATION=6s CONNS="16 64 256" SCENARIOS="metric analytics batch100 invalid noauth"
+#      REPS=1 PORT=18086 ADMIN_URL=postgres://postgres@127.0.0.1:5432/postgres
+#      SERVER_ENV="APP_INGEST__WRITERS_PER_TABLE=2 ..." (extra settings for the server)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+duration="${DURATION:-6s}"
+conns_list="${CONNS:-16 64 256}"
+scenarios="${SCENARIOS:-metric analytics batch100 invalid noauth}"
+reps="${REPS:-1}"
+port="${PORT:-18086}"
+admin_url="${ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+db=analytics_bench
+db_url="${admin_url%/*}/$db"
+key="bench-secret-0123456789abcdef0123456789abcdef"
+case "$admin_url" in *@127.0.0.1[:/]*|*@localhost[:/]*) ;; *) echo "refusing a non-loopback database" >&2; exit 2 ;; esac
+command -v wrk >/dev/null || { echo "wrk is missing: apt-get install -y wrk" >&2; exit 2; }
+
+scripts/ensure-postgres "$admin_url"
+cargo build --release --quiet
+psql "$admin_url" -qX -c "drop database if exists $db with (force)" -c "create database $db"
+
+work="$(mktemp -d)"
+env APP_ENV=prod HOST=127.0.0.1 PORT="$port" JWT_VERIFY_KEY="$key" DATABASE_URL="$db_url" \
+  RUST_LOG=warn ${SERVER_ENV:-} target/release/analytics-service > "$work/server.log" 2>&1 &
+server=$!
+trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; rm -rf "$work"' EXIT
+for _ in $(seq 1 100); do
+  curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && break
+  sleep 0.1
+done
+token="$(env APP_ENV=prod JWT_VERIFY_KEY="$key" target/release/analytics-service token --user-id bench-user --ttl 2h)"
+
+declare -A path=([metric]=log_raw_metric [analytics]=log_raw_analytics [batch100]=log_raw_metric/batch
+                 [invalid]=log_raw_metric [noauth]=log_raw_metric)
+declare -A table=([metric]=AnalyticsMetrics [analytics]=AnalyticsDetails [batch100]=AnalyticsMetrics
+                  [invalid]=AnalyticsMetrics [noauth]=AnalyticsMetrics)
+declare -A rows_per_ok=([metric]=1 [analytics]=1 [batch100]=100 [invalid]=0 [noauth]=0)
+
+sql() { psql "$db_url" -qXtA -c "$1"; }
+
+echo "scenario,conns,rps,rows_per_s,p50_ms,p99_ms,peak_rss_mb,ok,rows,missing_ids,check"
+for rep in $(seq 1 "$reps"); do
+  for conns in $conns_list; do
+    for sc in $scenarios; do
+      sql 'truncate "AnalyticsMetrics", "AnalyticsDetails"'
+      echo 5 > "/proc/$server/clear_refs"   # restart the peak-RSS count (VmHWM)
+      auth=(-H "Authorization: Bearer $token"); [[ $sc == noauth ]] && auth=()
+      out="$(BENCH_SCENARIO=$sc BENCH_IDS="$work/ids" timeout $(( ${duration%s} + 30 )) \
+             wrk -t 2 -c "$conns" -d "$duration" --timeout 5s -s bench/wrk.lua "${auth[@]}" \
+             "http://127.0.0.1:$port/api/analytics/${path[$sc]}" 2>&1)" || true
+      line="$(grep '^RESULT,' <<<"$out" || true)"
+      [[ -n "$line" ]] || { echo "wrk failed for $sc: $out" >&2; exit 1; }
+      IFS=, read -r _ rps p50 p99 ok requests sock_errors <<<"$line"
+      rss_kb="$(awk '/VmHWM/ {print $2}' "/proc/$server/status")"
+      rows="$(sql "select count(*) from \"${table[$sc]}\"")"
+      sql 'create table if not exists bench_ids (id text)' ; sql 'truncate bench_ids'
+      psql "$db_url" -qX -c "\\copy bench_ids from '$work/ids'"
+      missing="$(sql "select count(*) from bench_ids b where not exists (select 1 from \"${table[$sc]}\" t where t.id = b.id)")"
+      expected=$(( ok * ${rows_per_ok[$sc]} ))
+      check=ok
+      [[ "$rows" == "$expected" && "$missing" == 0 ]] || check="BAD(rows $rows, expected $expected)"
+      awk -v s="$sc" -v c="$conns" -v r="$rps" -v rows="$rows" -v d="${duration%s}" -v p50="$p50" \
+          -v p99="$p99" -v rss="$rss_kb" -v ok="$ok" -v m="$missing" -v chk="$check" \
+          'BEGIN { printf "%s,%s,%.0f,%.0f,%s,%s,%.1f,%s,%s,%s,%s\n", s, c, r, rows / d, p50, p99, rss / 1024, ok, rows, m, chk }'
+    done
+  done
+done

@@ -6,28 +6,34 @@
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, FailedToBufferBody};
 use axum::extract::{FromRequest, Request};
-use axum::http::header;
+use axum::http::{Method, Uri, header};
 use serde_json::{Map, Value};
 
 use crate::domain::{FieldError, pyjson};
 use crate::error::ApiError;
 use crate::state::AppState;
 
-/// A JSON body and the request line, for the 422 message.
+/// A JSON body and what the 422 message names (`POST /path`), kept unformatted so that
+/// valid requests never pay for the text.
 #[derive(Debug)]
 pub struct JsonBody {
     /// The parsed body; `{}` when the body was empty.
     pub value: Value,
-    request_line: String,
+    method: Method,
+    uri: Uri,
+}
+
+fn invalid(method: &Method, uri: &Uri, errors: Vec<FieldError>) -> ApiError {
+    ApiError::Invalid {
+        request_line: format!("{method} {}", uri.path()),
+        errors,
+    }
 }
 
 impl JsonBody {
     /// The 422 for these field errors, naming this request.
     pub fn invalid(&self, errors: Vec<FieldError>) -> ApiError {
-        ApiError::Invalid {
-            request_line: self.request_line.clone(),
-            errors,
-        }
+        invalid(&self.method, &self.uri, errors)
     }
 }
 
@@ -87,7 +93,7 @@ impl FromRequest<AppState> for JsonBody {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
-        let request_line = format!("{} {}", request.method(), request.uri().path());
+        let (method, uri) = (request.method().clone(), request.uri().clone());
         let json = is_json_content_type(&request);
         let limit = request
             .extensions()
@@ -102,14 +108,8 @@ impl FromRequest<AppState> for JsonBody {
                     }
                     other => ApiError::BodyUnreadable(other.body_text()),
                 })?;
-        let value = parse(&bytes, json).map_err(|e| ApiError::Invalid {
-            request_line: request_line.clone(),
-            errors: vec![e],
-        })?;
-        Ok(JsonBody {
-            value,
-            request_line,
-        })
+        let value = parse(&bytes, json).map_err(|e| invalid(&method, &uri, vec![e]))?;
+        Ok(JsonBody { value, method, uri })
     }
 }
 

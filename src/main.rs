@@ -4,6 +4,11 @@ use analytics_service::cli::{self, Cli};
 use analytics_service::{settings, telemetry};
 use clap::Parser;
 
+// glibc malloc showed up as ~11% of the request path's CPU in `perf`; mimalloc is faster for
+// many small short-lived allocations and keeps the resident set small under many threads.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 // A plain `fn main`: settings and telemetry come up before the Tokio runtime, and the
 // telemetry guard is dropped last so that it can flush.
 fn main() -> ExitCode {

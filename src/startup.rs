@@ -6,8 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 
+use crate::alerts::{self, Alerter};
 use crate::auth::Authenticator;
 use crate::clock::{Clock, SystemClock};
 use crate::routes::{RouterLimits, router};
@@ -37,11 +39,18 @@ impl Application {
         let store = store::connect(&settings.database)
             .await
             .context("database not usable")?;
+        let alerter = Alerter::from_settings(&settings.discord)
+            .context("DISCORD_API_BASE_URL is not a URL")?
+            .map(Arc::new);
+        alerts::install(alerter.clone());
         let state = AppState {
             store: store.clone(),
             authenticator: Arc::new(Authenticator::new(&settings.auth)),
             clock,
             body_limit: settings.server.body_limit_bytes,
+            alerts: alerter,
+            alerts_api_key: Some(settings.discord.alerts_api_key.clone())
+                .filter(|key| !key.expose_secret().trim().is_empty()),
         };
         let limits = RouterLimits {
             request_timeout: Duration::from_secs(settings.server.request_timeout_secs),

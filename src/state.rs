@@ -2,6 +2,9 @@
 
 use std::sync::Arc;
 
+use secrecy::SecretString;
+
+use crate::alerts::Alerter;
 use crate::auth::Authenticator;
 use crate::clock::Clock;
 use crate::store::Store;
@@ -17,4 +20,8 @@ pub struct AppState {
     pub clock: Arc<dyn Clock>,
     /// Largest accepted request body, in bytes (named in the 413).
     pub body_limit: usize,
+    /// Discord alerts; `None` when no bot token is configured.
+    pub alerts: Option<Arc<Alerter>>,
+    /// `X-API-Key` accepted by the alerts endpoint; `None` when not configured.
+    pub alerts_api_key: Option<SecretString>,
 }

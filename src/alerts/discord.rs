@@ -289,7 +289,9 @@ impl DiscordClient {
         // `parse: []`: an "@everyone" or a role mention in alert text pings no one.
         let body = json!({ "content": content, "allowed_mentions": { "parse": [] } });
         let path = format!("/channels/{channel_id}/messages");
-        let message = self.call(Method::POST, &path, Some(&body), deadline).await?;
+        let message = self
+            .call(Method::POST, &path, Some(&body), deadline)
+            .await?;
         message
             .get("id")
             .and_then(Value::as_str)
@@ -417,7 +419,9 @@ impl DiscordClient {
     async fn wait_for_global_pause(&self, deadline: Instant) -> Result<(), AlertError> {
         let until = *self.paused_until.lock().unwrap_or_else(|e| e.into_inner());
         match until {
-            Some(until) => wait_within(until.saturating_duration_since(Instant::now()), deadline).await,
+            Some(until) => {
+                wait_within(until.saturating_duration_since(Instant::now()), deadline).await
+            }
             None => Ok(()),
         }
     }
@@ -481,8 +485,15 @@ mod tests {
         let first: Vec<_> = (0..50).map(|_| backoff(1)).collect();
         let late: Vec<_> = (0..50).map(|_| backoff(20)).collect();
 
-        assert!(first.iter().all(|d| *d >= BACKOFF_BASE / 2 && *d <= BACKOFF_BASE));
-        assert!(late.iter().all(|d| *d >= BACKOFF_CAP / 2 && *d <= BACKOFF_CAP));
+        assert!(
+            first
+                .iter()
+                .all(|d| *d >= BACKOFF_BASE / 2 && *d <= BACKOFF_BASE)
+        );
+        assert!(
+            late.iter()
+                .all(|d| *d >= BACKOFF_CAP / 2 && *d <= BACKOFF_CAP)
+        );
         assert!(first.iter().any(|d| *d != first[0]));
     }
 

@@ -53,12 +53,10 @@ impl FloodGate {
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         // Forget what can no longer suppress anything and has nothing to report.
         seen.retain(|_, entry| entry.suppressed > 0 || in_window(entry));
-        let entry = seen
-            .entry((channel, content.to_owned()))
-            .or_insert(Entry {
-                sent_at: None,
-                suppressed: 0,
-            });
+        let entry = seen.entry((channel, content.to_owned())).or_insert(Entry {
+            sent_at: None,
+            suppressed: 0,
+        });
         if in_window(entry) {
             entry.suppressed += 1;
             return Admission::Suppress;
@@ -73,12 +71,10 @@ impl FloodGate {
     /// the `repeated` count this one carried.
     pub fn failed(&self, channel: DiscordChannel, content: &str, repeated: u64) {
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = seen
-            .entry((channel, content.to_owned()))
-            .or_insert(Entry {
-                sent_at: None,
-                suppressed: 0,
-            });
+        let entry = seen.entry((channel, content.to_owned())).or_insert(Entry {
+            sent_at: None,
+            suppressed: 0,
+        });
         entry.sent_at = None;
         entry.suppressed += repeated;
     }

@@ -184,8 +184,7 @@ impl Alerter {
             }
             Err(err) => {
                 self.flood.failed(channel, content, repeated);
-                metrics::counter!("analytics_alerts_failed_total", "channel" => label)
-                    .increment(1);
+                metrics::counter!("analytics_alerts_failed_total", "channel" => label).increment(1);
                 tracing::warn!(alert.channel = label, error = %err, "Discord alert not delivered");
                 Err(err)
             }

@@ -74,7 +74,10 @@ mod tests {
 
         assert_eq!(early, None);
         let text = late.expect("an alert after the threshold");
-        assert!(text.contains("2 failed requests; last: database error"), "{text}");
+        assert!(
+            text.contains("2 failed requests; last: database error"),
+            "{text}"
+        );
         assert_eq!(again, None);
     }
 

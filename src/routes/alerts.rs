@@ -61,7 +61,12 @@ fn authorize(
 ) -> Result<(), AlertRouteError> {
     if let Some(given) = headers.get(API_KEY_HEADER) {
         let matches = state.alerts_api_key.as_ref().is_some_and(|key| {
-            bool::from(key.expose_secret().trim().as_bytes().ct_eq(given.as_bytes()))
+            bool::from(
+                key.expose_secret()
+                    .trim()
+                    .as_bytes()
+                    .ct_eq(given.as_bytes()),
+            )
         });
         return if matches {
             Ok(())
@@ -172,9 +177,11 @@ impl IntoResponse for AlertRouteError {
             AlertRouteError::BadApiKey => {
                 (StatusCode::UNAUTHORIZED, detail(json!("Invalid API key"))).into_response()
             }
-            AlertRouteError::NotAdmin => {
-                (StatusCode::FORBIDDEN, detail(json!("Admin access required"))).into_response()
-            }
+            AlertRouteError::NotAdmin => (
+                StatusCode::FORBIDDEN,
+                detail(json!("Admin access required")),
+            )
+                .into_response(),
             AlertRouteError::Alert(err) => alert_response(err),
         }
     }
@@ -188,11 +195,9 @@ fn detail(value: Value) -> Json<Value> {
 fn alert_response(err: AlertError) -> Response {
     let status_text = err.to_string();
     match err {
-        AlertError::EmptyContent => (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            detail(json!(status_text)),
-        )
-            .into_response(),
+        AlertError::EmptyContent => {
+            (StatusCode::UNPROCESSABLE_ENTITY, detail(json!(status_text))).into_response()
+        }
         AlertError::NotConfigured => {
             (StatusCode::SERVICE_UNAVAILABLE, detail(json!(status_text))).into_response()
         }
@@ -223,7 +228,11 @@ fn alert_response(err: AlertError) -> Response {
 
 /// Middleware: storage failures (marked by `ApiError`) and analytics successes feed the
 /// storage watch; a lasting failure sends one platform alert, in the background.
-pub async fn watch_storage(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub async fn watch_storage(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
     let is_analytics = request
         .extensions()
         .get::<MatchedPath>()

@@ -209,3 +209,69 @@ pub async fn send(channel: DiscordChannel, content: &str) -> Result<Alert, Alert
         .ok_or(AlertError::NotConfigured)?;
     alerter.send(channel, content).await
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::path::PathBuf;
+
+    use secrecy::SecretString;
+    use serde_json::json;
+    use wiremock::matchers::{method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    use super::*;
+
+    fn settings_for(discord: &MockServer) -> DiscordSettings {
+        let config_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config");
+        let mut settings = crate::settings::load_from(&config_dir, &HashMap::new())
+            .expect("local settings load")
+            .discord;
+        settings.bot_token = SecretString::from("unit-test-token".to_owned());
+        settings.api_base_url = discord.uri();
+        settings.product_channel = "77".to_owned();
+        settings
+    }
+
+    #[test]
+    fn alerts_are_off_without_a_bot_token() {
+        let mut settings = crate::settings::load_from(
+            &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config"),
+            &HashMap::new(),
+        )
+        .unwrap()
+        .discord;
+        settings.bot_token = SecretString::from("  ".to_owned());
+
+        assert!(Alerter::from_settings(&settings).unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn the_in_process_facade_sends_through_the_installed_alerter() {
+        let discord = MockServer::start().await;
+        Mock::given(method("GET"))
+            .and(path("/channels/77"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({"id": "77", "type": 5})))
+            .mount(&discord)
+            .await;
+        Mock::given(method("POST"))
+            .and(path("/channels/77/messages"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({"id": "m9"})))
+            .mount(&discord)
+            .await;
+        let alerter = Alerter::from_settings(&settings_for(&discord)).unwrap();
+        install(alerter.map(Arc::new));
+
+        let outcome = send(DiscordChannel::Product, "low balance for user 42").await;
+        let blank = send(DiscordChannel::Product, " ").await;
+
+        assert_eq!(
+            outcome,
+            Ok(Alert::Sent {
+                channel_id: "77".to_owned(),
+                message_ids: vec!["m9".to_owned()],
+            })
+        );
+        assert_eq!(blank, Err(AlertError::EmptyContent));
+    }
+}

@@ -179,7 +179,7 @@ mod tests {
         assert!(parts.len() > 1);
         assert!(parts[0].text.ends_with("\n```"));
         assert!(parts[1].text.starts_with("```rust\n"));
-        assert!(parts.iter().all(|p| fence_lines(&p.text) % 2 == 0));
+        assert!(parts.iter().all(|p| fence_lines(&p.text).is_multiple_of(2)));
     }
 
     /// Lines of words (ASCII, multibyte, emoji), some of them fence lines.
@@ -225,7 +225,7 @@ mod tests {
             for part in all_but_last {
                 prop_assert_eq!(fence_lines(&part.text) % 2, 0, "{:?}", part.text);
             }
-            if fence_lines(&content) % 2 == 0 {
+            if fence_lines(&content).is_multiple_of(2) {
                 prop_assert_eq!(fence_lines(&parts.last().unwrap().text) % 2, 0);
             }
         }

@@ -342,12 +342,11 @@ fn rejoin(parts: &[String]) -> String {
                 .strip_prefix(&format!("{opening}\n"))
                 .expect("a part continuing a fence reopens it");
         }
-        if i + 1 < parts.len() {
-            if let Some(without_close) = body.strip_suffix("\n```") {
-                if open_fence(&format!("{text}{without_close}")).is_some() {
-                    body = without_close;
-                }
-            }
+        if i + 1 < parts.len()
+            && let Some(without_close) = body.strip_suffix("\n```")
+            && open_fence(&format!("{text}{without_close}")).is_some()
+        {
+            body = without_close;
         }
         text.push_str(body);
     }
@@ -386,7 +385,7 @@ async fn a_long_multibyte_alert_with_a_code_fence_is_split_into_balanced_parts()
     eprintln!("measured: 4500-char alert went out as parts of {sizes:?} characters");
     assert_eq!(parts.len(), 3);
     assert!(sizes.iter().all(|n| *n <= 2000), "{sizes:?}");
-    assert!(parts.iter().all(|p| fence_lines(p) % 2 == 0));
+    assert!(parts.iter().all(|p| fence_lines(p).is_multiple_of(2)));
     assert_eq!(rejoin(&parts), content);
     assert_eq!(body["message_ids"], json!(["m1", "m2", "m3"]));
 }

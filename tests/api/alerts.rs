@@ -470,6 +470,39 @@ async fn a_global_429_pauses_sends_to_every_channel() {
 }
 
 #[tokio::test]
+async fn messages_beyond_the_channel_burst_are_paced_instead_of_rate_limited() {
+    let discord = MockServer::start().await;
+    mount_channel(&discord, "42", 0).await;
+    let script = Script::new(vec![
+        ResponseTemplate::new(200).set_body_json(json!({"id": "m"})),
+    ]);
+    mount_script(&discord, "42", &script).await;
+    let app = spawn(&discord, |s| {
+        s.discord.platform_channel = "42".into();
+        s.discord.channel_burst = 2;
+        s.discord.channel_interval_ms = 300;
+    })
+    .await;
+    let content = "word ".repeat(1500);
+
+    let (status, body, _) = alert(&app, &content, "platform").await;
+
+    assert_eq!(status, 200, "{body}");
+    let times = script.times();
+    assert_eq!(times.len(), 4);
+    let third_after = times[2] - times[0];
+    let fourth_after = times[3] - times[0];
+    eprintln!(
+        "measured: with a burst of 2 per 300 ms, parts 3 and 4 left {third_after:?} and {fourth_after:?} after part 1"
+    );
+    assert!(third_after >= Duration::from_millis(250), "{third_after:?}");
+    assert!(
+        fourth_after >= Duration::from_millis(550),
+        "{fourth_after:?}"
+    );
+}
+
+#[tokio::test]
 async fn a_500_is_retried_and_the_alert_still_goes_out() {
     let discord = MockServer::start().await;
     mount_channel(&discord, "42", 0).await;

@@ -11,7 +11,7 @@ use analytics_service::settings::Settings;
 use reqwest::header::HeaderMap;
 use secrecy::SecretString;
 use serde_json::{Value, json};
-use wiremock::matchers::{method, path, path_regex};
+use wiremock::matchers::{method, path, path_regex, query_param, query_param_is_missing};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
 use crate::helpers::{Backend, TestApp, test_settings};
@@ -219,6 +219,47 @@ async fn alert_goes_to_the_channel_found_by_name_in_the_second_guild() {
         .find(|r| r.url.path() == "/users/@me/guilds")
         .unwrap();
     assert_eq!(guilds.url.query(), Some("limit=200"));
+}
+
+#[tokio::test]
+async fn the_guild_list_is_read_page_by_page() {
+    let discord = MockServer::start().await;
+    let first_page: Vec<Value> = (1..=200)
+        .map(|i| json!({"id": (1000 + i).to_string()}))
+        .collect();
+    Mock::given(method("GET"))
+        .and(path("/users/@me/guilds"))
+        .and(query_param_is_missing("after"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(first_page))
+        .mount(&discord)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/users/@me/guilds"))
+        .and(query_param("after", "1200"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!([{"id": "5000"}])))
+        .mount(&discord)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/guilds/5000/channels"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!([{"id": "5001", "name": "local-alerts", "type": 5}])),
+        )
+        .mount(&discord)
+        .await;
+    Mock::given(method("GET"))
+        .and(path_regex(r"^/guilds/1\d{3}/channels$"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!([])))
+        .mount(&discord)
+        .await;
+    mount_messages(&discord, "5001").await;
+    let app = spawn(&discord, |_| {}).await;
+
+    let (status, body, _) = alert(&app, "found on page two", "platform").await;
+
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["channel_id"], "5001");
+    assert_eq!(requests_to(&discord, "/users/@me/guilds").await, 2);
 }
 
 #[tokio::test]

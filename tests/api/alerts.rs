@@ -536,7 +536,7 @@ async fn messages_beyond_the_channel_burst_are_paced_instead_of_rate_limited() {
     eprintln!(
         "measured: with a burst of 2 per 300 ms, parts 3 and 4 left {third_after:?} and {fourth_after:?} after part 1"
     );
-    assert!(third_after >= Duration::from_millis(250), "{third_after:?}");
+    assert!(third_after >= Duration::from_millis(200), "{third_after:?}");
     assert!(
         fourth_after >= Duration::from_millis(550),
         "{fourth_after:?}"
@@ -638,7 +638,8 @@ async fn identical_alerts_are_sent_once_and_counted_after_the_window() {
     let discord = MockServer::start().await;
     mount_channel(&discord, "42", 0).await;
     mount_messages(&discord, "42").await;
-    let window = Duration::from_millis(500);
+    // Long enough for 100 concurrent requests on a loaded CI machine.
+    let window = Duration::from_secs(2);
     let app = Arc::new(
         spawn(&discord, |s| {
             s.discord.platform_channel = "42".into();

@@ -538,7 +538,7 @@ async fn messages_beyond_the_channel_burst_are_paced_instead_of_rate_limited() {
     );
     assert!(third_after >= Duration::from_millis(200), "{third_after:?}");
     assert!(
-        fourth_after >= Duration::from_millis(550),
+        fourth_after >= Duration::from_millis(450),
         "{fourth_after:?}"
     );
 }

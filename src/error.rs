@@ -107,6 +107,10 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// Marks a response as a storage failure, with a safe summary, for the storage watch.
+#[derive(Debug, Clone)]
+pub struct StorageFailure(pub String);
+
 /// The cause is logged here, once; the client gets a safe summary.
 fn storage_response(source: Arc<StoreError>, hint: &'static str) -> Response {
     let (status, message) = if matches!(*source, StoreError::QueueFull) {
@@ -130,6 +134,9 @@ fn storage_response(source: Arc<StoreError>, hint: &'static str) -> Response {
     };
     let body = json!({ "detail": { "message": message, "hint": hint } });
     let mut response = (status, Json(body)).into_response();
+    response
+        .extensions_mut()
+        .insert(StorageFailure(source.to_string()));
     if status == StatusCode::SERVICE_UNAVAILABLE {
         response.headers_mut().insert(
             header::RETRY_AFTER,

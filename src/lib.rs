@@ -1,5 +1,6 @@
 //! analytics-service: the AutoGPT platform's analytics ingestion and Discord alerts.
 
+pub mod alerts;
 pub mod auth;
 pub mod cli;
 pub mod clock;

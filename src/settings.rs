@@ -195,6 +195,22 @@ pub struct DiscordSettings {
     pub product_channel: String,
     /// Key for `X-API-Key` on the alerts endpoint; empty: admin JWTs only.
     pub alerts_api_key: SecretString,
+    /// TCP connect timeout for Discord, in milliseconds.
+    pub connect_timeout_ms: u64,
+    /// Timeout of one Discord request, in milliseconds.
+    pub request_timeout_ms: u64,
+    /// Longest one alert may wait on 429s, backoff and pacing before giving up (503).
+    pub wait_budget_ms: u64,
+    /// Retries after a Discord 5xx or timeout.
+    pub max_retries: u32,
+    /// Identical alerts within this window are sent once (0: no dedupe).
+    pub dedupe_window_ms: u64,
+    /// Messages a channel may receive at once before pacing starts.
+    pub channel_burst: u32,
+    /// Then one message per channel per this interval (0: no pacing).
+    pub channel_interval_ms: u64,
+    /// Storage failing for longer than this sends a platform alert (once per dedupe window).
+    pub storage_alert_after_ms: u64,
 }
 
 /// Why settings could not be loaded.

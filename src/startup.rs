@@ -6,8 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 
+use crate::alerts::{self, Alerter};
 use crate::auth::Authenticator;
 use crate::clock::{Clock, SystemClock};
 use crate::ingest::{GroupCommit, GroupCommitSettings};
@@ -48,6 +50,10 @@ impl Application {
                 writers_per_table: settings.ingest.writers_per_table,
             },
         ));
+        let alerter = Alerter::from_settings(&settings.discord)
+            .context("DISCORD_API_BASE_URL is not a URL")?
+            .map(Arc::new);
+        alerts::install(alerter.clone());
         let state = AppState {
             store: store.clone(),
             ingest: ingest.clone(),
@@ -55,6 +61,9 @@ impl Application {
             clock,
             body_limit: settings.server.body_limit_bytes,
             batch_max_items: settings.ingest.batch_max_items,
+            alerts: alerter,
+            alerts_api_key: Some(settings.discord.alerts_api_key.clone())
+                .filter(|key| !key.expose_secret().trim().is_empty()),
         };
         let limits = RouterLimits {
             request_timeout: Duration::from_secs(settings.server.request_timeout_secs),

@@ -2,6 +2,9 @@
 
 use std::sync::Arc;
 
+use secrecy::SecretString;
+
+use crate::alerts::Alerter;
 use crate::auth::Authenticator;
 use crate::clock::Clock;
 use crate::ingest::GroupCommit;
@@ -22,4 +25,8 @@ pub struct AppState {
     pub body_limit: usize,
     /// Most items in one batch-endpoint request.
     pub batch_max_items: usize,
+    /// Discord alerts; `None` when no bot token is configured.
+    pub alerts: Option<Arc<Alerter>>,
+    /// `X-API-Key` accepted by the alerts endpoint; `None` when not configured.
+    pub alerts_api_key: Option<SecretString>,
 }

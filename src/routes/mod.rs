@@ -1,5 +1,6 @@
 //! The router: every route module merged once, and the middleware stack.
 
+mod alerts;
 mod analytics;
 mod batch;
 mod health;
@@ -32,8 +33,13 @@ pub fn router(state: AppState, limits: RouterLimits) -> Router {
         .merge(analytics::routes())
         .merge(batch::routes(limits.batch_body_limit))
         .merge(health::routes())
+        .merge(alerts::routes())
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            alerts::watch_storage,
+        ))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,

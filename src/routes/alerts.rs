@@ -1,0 +1,256 @@
+//! `POST /api/alerts/discord` for backend jobs, and the storage watch that turns lasting
+//! storage failures into a platform alert.
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use secrecy::ExposeSecret;
+use serde_json::{Value, json};
+use subtle::ConstantTimeEq;
+
+use super::json::JsonBody;
+use crate::alerts::{Alert, AlertError, DiscordChannel};
+use crate::auth::Caller;
+use crate::domain::FieldError;
+use crate::error::{ApiError, StorageFailure};
+use crate::state::AppState;
+
+/// Header carrying `ALERTS_API_KEY`.
+const API_KEY_HEADER: &str = "x-api-key";
+/// Longest accepted alert: ten Discord messages' worth.
+const MAX_CONTENT_CHARS: usize = 20_000;
+
+/// The alerts route.
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/api/alerts/discord", post(send_discord_alert))
+}
+
+/// Sends a Discord alert for an admin or a holder of the alerts API key.
+#[tracing::instrument(name = "send_discord_alert", skip_all)]
+pub async fn send_discord_alert(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    caller: Result<Caller, ApiError>,
+    body: JsonBody,
+) -> Result<Json<Value>, AlertRouteError> {
+    authorize(&state, &headers, caller)?;
+    let (channel, content) = parse(&body.value).map_err(|errors| body.invalid(errors))?;
+    let alerter = state.alerts.as_ref().ok_or(AlertError::NotConfigured)?;
+    let answer = match alerter.send(channel, &content).await? {
+        Alert::Sent {
+            channel_id,
+            message_ids,
+        } => json!({
+            "status": "Message sent",
+            "channel_id": channel_id,
+            "message_ids": message_ids,
+        }),
+        Alert::Suppressed => json!({ "status": "Suppressed duplicate" }),
+    };
+    Ok(Json(answer))
+}
+
+/// `X-API-Key` when present (compared in constant time), else an admin JWT.
+fn authorize(
+    state: &AppState,
+    headers: &HeaderMap,
+    caller: Result<Caller, ApiError>,
+) -> Result<(), AlertRouteError> {
+    if let Some(given) = headers.get(API_KEY_HEADER) {
+        let matches = state.alerts_api_key.as_ref().is_some_and(|key| {
+            bool::from(
+                key.expose_secret()
+                    .trim()
+                    .as_bytes()
+                    .ct_eq(given.as_bytes()),
+            )
+        });
+        return if matches {
+            Ok(())
+        } else {
+            Err(AlertRouteError::BadApiKey)
+        };
+    }
+    if caller?.is_admin {
+        Ok(())
+    } else {
+        Err(AlertRouteError::NotAdmin)
+    }
+}
+
+/// The body `{"content": str, "channel": "platform" | "product"}`, every field error at once.
+fn parse(body: &Value) -> Result<(DiscordChannel, String), Vec<FieldError>> {
+    let Some(object) = body.as_object() else {
+        return Err(vec![FieldError::model_type(
+            "DiscordAlertRequest",
+            body.clone(),
+        )]);
+    };
+    let mut errors = Vec::new();
+    let content = match object.get("content") {
+        None => {
+            errors.push(FieldError::missing("content", object));
+            None
+        }
+        Some(Value::String(text)) if text.trim().is_empty() => {
+            errors.push(field_error(
+                "content",
+                "value_error",
+                "Value error, Message content is empty",
+                text,
+                json!({ "error": {} }),
+            ));
+            None
+        }
+        Some(Value::String(text)) if text.chars().count() > MAX_CONTENT_CHARS => {
+            errors.push(field_error(
+                "content",
+                "string_too_long",
+                &format!("String should have at most {MAX_CONTENT_CHARS} characters"),
+                text,
+                json!({ "max_length": MAX_CONTENT_CHARS }),
+            ));
+            None
+        }
+        Some(Value::String(text)) => Some(text.clone()),
+        Some(other) => {
+            errors.push(FieldError::string_type("content", other));
+            None
+        }
+    };
+    let channel = match object.get("channel") {
+        None | Some(Value::Null) => Some(DiscordChannel::Platform),
+        Some(value) => {
+            let parsed = value.as_str().and_then(DiscordChannel::parse);
+            if parsed.is_none() {
+                errors.push(FieldError {
+                    kind: "enum",
+                    loc: vec!["body".into(), "channel".into()],
+                    msg: "Input should be 'platform' or 'product'".to_owned(),
+                    input: value.clone(),
+                    ctx: Some(json!({ "expected": "'platform' or 'product'" })),
+                });
+            }
+            parsed
+        }
+    };
+    match (channel, content) {
+        (Some(channel), Some(content)) if errors.is_empty() => Ok((channel, content)),
+        _ => Err(errors),
+    }
+}
+
+fn field_error(field: &str, kind: &'static str, msg: &str, input: &str, ctx: Value) -> FieldError {
+    FieldError {
+        kind,
+        loc: vec!["body".into(), field.into()],
+        msg: msg.to_owned(),
+        input: Value::String(input.to_owned()),
+        ctx: Some(ctx),
+    }
+}
+
+/// Every way the alerts endpoint can fail.
+#[derive(Debug, thiserror::Error)]
+pub enum AlertRouteError {
+    /// Auth (401/403) or a body error (422), in the service's usual shapes.
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    /// `X-API-Key` given but wrong, or no key configured.
+    #[error("invalid API key")]
+    BadApiKey,
+    /// A valid JWT of someone who is not an admin.
+    #[error("admin access required")]
+    NotAdmin,
+    /// The alert was not delivered.
+    #[error(transparent)]
+    Alert(#[from] AlertError),
+}
+
+impl IntoResponse for AlertRouteError {
+    fn into_response(self) -> Response {
+        match self {
+            AlertRouteError::Api(err) => err.into_response(),
+            AlertRouteError::BadApiKey => {
+                (StatusCode::UNAUTHORIZED, detail(json!("Invalid API key"))).into_response()
+            }
+            AlertRouteError::NotAdmin => (
+                StatusCode::FORBIDDEN,
+                detail(json!("Admin access required")),
+            )
+                .into_response(),
+            AlertRouteError::Alert(err) => alert_response(err),
+        }
+    }
+}
+
+fn detail(value: Value) -> Json<Value> {
+    Json(json!({ "detail": value }))
+}
+
+/// CONTRACT.md §6: 422, 503 (not configured / retry later), 502 (Discord said no).
+fn alert_response(err: AlertError) -> Response {
+    let status_text = err.to_string();
+    match err {
+        AlertError::EmptyContent => {
+            (StatusCode::UNPROCESSABLE_ENTITY, detail(json!(status_text))).into_response()
+        }
+        AlertError::NotConfigured => {
+            (StatusCode::SERVICE_UNAVAILABLE, detail(json!(status_text))).into_response()
+        }
+        AlertError::ChannelNotFound(_) | AlertError::NotTextChannel(_) => (
+            StatusCode::BAD_GATEWAY,
+            detail(json!({ "status": status_text })),
+        )
+            .into_response(),
+        AlertError::Refused { code, message, .. } => (
+            StatusCode::BAD_GATEWAY,
+            detail(json!({ "status": status_text, "code": code, "message": message })),
+        )
+            .into_response(),
+        AlertError::RateLimited { retry_after } | AlertError::Unavailable { retry_after, .. } => {
+            let seconds = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+            let mut response = (
+                StatusCode::SERVICE_UNAVAILABLE,
+                detail(json!({ "status": status_text })),
+            )
+                .into_response();
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+            response
+        }
+    }
+}
+
+/// Middleware: storage failures (marked by `ApiError`) and analytics successes feed the
+/// storage watch; a lasting failure sends one platform alert, in the background.
+pub async fn watch_storage(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let is_analytics = request
+        .extensions()
+        .get::<MatchedPath>()
+        .is_some_and(|path| path.as_str().starts_with("/api/analytics/"));
+    let response = next.run(request).await;
+    let Some(alerter) = state.alerts.clone() else {
+        return response;
+    };
+    let watch = alerter.storage_watch();
+    if let Some(StorageFailure(summary)) = response.extensions().get::<StorageFailure>() {
+        if let Some(text) = watch.record_failure(summary) {
+            tokio::spawn(async move {
+                // The outcome is counted and logged by `Alerter::send`.
+                let _ = alerter.send(DiscordChannel::Platform, &text).await;
+            });
+        }
+    } else if is_analytics && response.status().is_success() {
+        watch.record_success();
+    }
+    response
+}

@@ -3,6 +3,7 @@
 mod analytics;
 mod health;
 pub mod json;
+pub mod metrics;
 
 use std::time::Duration;
 
@@ -10,7 +11,6 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use tower_http::timeout::TimeoutLayer;
-use tower_http::trace::TraceLayer;
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -20,21 +20,27 @@ use crate::state::AppState;
 pub struct RouterLimits {
     /// A request running longer than this is answered 503.
     pub request_timeout: Duration,
+    /// Serve `GET /metrics` on this router (false: it has its own admin listener).
+    pub serve_metrics: bool,
 }
 
 /// All routes with their middleware.
 pub fn router(state: AppState, limits: RouterLimits) -> Router {
     let body_limit = state.body_limit;
-    Router::new()
+    let router = Router::new()
         .merge(analytics::routes())
         .merge(health::routes())
+        .merge(if limits.serve_metrics {
+            metrics::routes()
+        } else {
+            Router::new()
+        })
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
             limits.request_timeout,
-        ))
-        .layer(TraceLayer::new_for_http())
-        .with_state(state)
+        ));
+    crate::telemetry::http::instrument(router).with_state(state)
 }

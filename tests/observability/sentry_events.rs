@@ -178,6 +178,7 @@ async fn every_request_is_a_transaction_named_by_its_route_template_continuing_t
         .collect();
     assert!(spans.contains(&"http.request"), "request span: {spans:?}");
     assert!(spans.contains(&"log_raw_metric"), "handler span: {spans:?}");
+    println!("TRANSACTION {}", serde_json::to_string_pretty(transaction).unwrap());
     println!(
         "TRANSACTION {}",
         serde_json::to_string_pretty(transaction).unwrap()
@@ -253,4 +254,36 @@ fn with_no_dsn_nothing_is_sent() {
         received,
         "nothing arrived once the DSN was empty"
     );
+}
+
+async fn panicking_handler() -> &'static str {
+    panic!("a bug in a handler")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_handler_is_reported_once_and_answered_500() {
+    use tower::ServiceExt;
+    let _serial = serial().await;
+    let fake = FakeSentry::start().await;
+    let mut settings = crate::helpers::test_settings("sqlite://unused");
+    settings.sentry.dsn = SecretString::from(fake.dsn());
+    let telemetry = start_telemetry(&settings);
+    let router = analytics_service::telemetry::http::instrument(
+        axum::Router::new().route("/boom/{id}", axum::routing::get(panicking_handler)),
+    );
+    let request = axum::http::Request::get("/boom/7")
+        .body(axum::body::Body::empty())
+        .unwrap();
+
+    let response = router.oneshot(request).await.unwrap();
+
+    assert_eq!(response.status(), 500);
+    assert!(telemetry.flush(FLUSH));
+    assert!(eventually(5, || !fake.events().is_empty()).await);
+    let events = fake.events();
+    assert_eq!(events.len(), 1, "{events:#?}");
+    let exception = &events[0]["exception"]["values"][0];
+    assert_eq!(exception["mechanism"]["type"], "panic");
+    assert_eq!(exception["value"], "a bug in a handler");
+    assert_eq!(events[0]["transaction"], "GET /boom/{id}");
 }

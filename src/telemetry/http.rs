@@ -50,6 +50,20 @@ where
         ]))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .layer(middleware::map_request(drop_unusable_request_id))
+}
+
+/// A client's request id is kept only when it is short printable ASCII without spaces;
+/// otherwise a fresh one is generated (it goes into every log line and Sentry tag).
+async fn drop_unusable_request_id(mut request: Request) -> Request {
+    let usable = request.headers().get(&REQUEST_ID).is_none_or(|id| {
+        let id = id.as_bytes();
+        !id.is_empty() && id.len() <= 128 && id.iter().all(|b| b.is_ascii_graphic())
+    });
+    if !usable {
+        request.headers_mut().remove(&REQUEST_ID);
+    }
+    request
 }
 
 fn route_of<B>(request: &axum::http::Request<B>) -> Option<&str> {
@@ -216,6 +230,25 @@ mod tests {
         ] {
             assert_eq!(sentry_trace_from_traceparent(bad), None, "{bad:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn an_unusable_client_request_id_is_replaced_and_a_good_one_kept() {
+        let router = instrument(Router::new().route("/ok", get(|| async { "ok" })));
+        let call = |id: &str| {
+            let request = Request::get("/ok")
+                .header(&REQUEST_ID, id)
+                .body(Body::empty())
+                .unwrap();
+            router.clone().oneshot(request)
+        };
+
+        let kept = call("req-42").await.unwrap();
+        let replaced = call(&"x".repeat(200)).await.unwrap();
+
+        assert_eq!(kept.headers()[&REQUEST_ID], "req-42");
+        let new_id = replaced.headers()[&REQUEST_ID].to_str().unwrap();
+        assert!(uuid::Uuid::parse_str(new_id).is_ok(), "{new_id}");
     }
 
     #[tokio::test]

@@ -178,7 +178,10 @@ async fn every_request_is_a_transaction_named_by_its_route_template_continuing_t
         .collect();
     assert!(spans.contains(&"http.request"), "request span: {spans:?}");
     assert!(spans.contains(&"log_raw_metric"), "handler span: {spans:?}");
-    println!("TRANSACTION {}", serde_json::to_string_pretty(transaction).unwrap());
+    println!(
+        "TRANSACTION {}",
+        serde_json::to_string_pretty(transaction).unwrap()
+    );
     println!(
         "TRANSACTION {}",
         serde_json::to_string_pretty(transaction).unwrap()

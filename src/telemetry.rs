@@ -145,7 +145,10 @@ fn is_sentry_log(meta: &Metadata<'_>) -> bool {
 /// Reports `err` with its source chain to Sentry and waits (bounded) until it has left:
 /// for code that is about to exit. Also logs it. Does nothing remote when Sentry is off.
 pub fn capture_error(err: &(dyn std::error::Error + 'static)) {
-    tracing::error!(target: REPORTED_TARGET, error = err, "fatal error");
+    let chain: Vec<String> = std::iter::successors(Some(err), |e| e.source())
+        .map(ToString::to_string)
+        .collect();
+    tracing::error!(target: REPORTED_TARGET, error = chain.join(": "), "fatal error");
     sentry::capture_error(err);
     if let Some(client) = sentry::Hub::current().client() {
         client.flush(Some(CAPTURE_FLUSH_TIMEOUT));

@@ -126,7 +126,9 @@ fn storage_response(source: Arc<StoreError>, hint: &'static str) -> Response {
             "Analytics database is unavailable; retry later",
         )
     } else {
-        tracing::error!(error = ?source, "analytics database error");
+        // As `&dyn Error` Sentry gets the exception type and source chain.
+        let error: &(dyn std::error::Error + 'static) = &source;
+        tracing::error!(error, detail = ?source, "analytics database error");
         (
             StatusCode::INTERNAL_SERVER_ERROR,
             "Analytics database error",

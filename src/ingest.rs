@@ -232,8 +232,5 @@ async fn commit<R: BatchRow>(store: &dyn Store, batch: Vec<Pending<R>>) {
 
 async fn insert<R: BatchRow>(store: &dyn Store, rows: &[R]) -> Result<(), StoreError> {
     metrics::counter!("analytics_store_transactions_total", "table" => R::TABLE).increment(1);
-    R::insert_all(store, rows).await?;
-    metrics::counter!("analytics_rows_stored_total", "table" => R::TABLE)
-        .increment(rows.len() as u64);
-    Ok(())
+    R::insert_all(store, rows).await
 }

@@ -28,7 +28,7 @@ fn main() -> ExitCode {
     match runtime.block_on(cli::run(cli, settings)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            tracing::error!(error = format!("{err:#}"), "analytics-service failed");
+            telemetry::capture_error(err.as_ref());
             ExitCode::FAILURE
         }
     }

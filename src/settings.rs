@@ -88,6 +88,9 @@ pub struct Settings {
     pub log: LogSettings,
     /// Sentry client.
     pub sentry: SentrySettings,
+    /// Prometheus metrics.
+    #[serde(default)]
+    pub metrics: MetricsSettings,
     /// Discord alerts.
     pub discord: DiscordSettings,
     /// Group commit and batch endpoints.
@@ -180,6 +183,34 @@ pub struct SentrySettings {
     pub dsn: SecretString,
     /// Share of requests traced, 0.0 to 1.0.
     pub traces_sample_rate: f32,
+    /// Comma-separated route templates never traced (probes and the metrics scrape).
+    #[serde(default = "default_untraced_routes")]
+    pub untraced_routes: String,
+}
+
+fn default_untraced_routes() -> String {
+    "/healthz,/readyz,/metrics".to_owned()
+}
+
+impl SentrySettings {
+    /// `untraced_routes` as a list, blanks dropped.
+    pub fn untraced_routes(&self) -> Vec<String> {
+        self.untraced_routes
+            .split(',')
+            .map(str::trim)
+            .filter(|route| !route.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+/// Prometheus metrics.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct MetricsSettings {
+    /// Unset: `GET /metrics` is served on the main port. Set: only on this port (0 picks
+    /// a free one), on the same host.
+    #[serde(default)]
+    pub admin_port: Option<u16>,
 }
 
 /// Discord alerts.

@@ -25,6 +25,8 @@ pub struct Application {
     store: Arc<dyn Store>,
     ingest: Arc<GroupCommit>,
     shutdown_timeout: Duration,
+    /// `GET /metrics` on its own port, when `metrics.admin_port` is set.
+    admin: Option<(TcpListener, axum::Router)>,
 }
 
 impl Application {
@@ -68,17 +70,32 @@ impl Application {
         let limits = RouterLimits {
             request_timeout: Duration::from_secs(settings.server.request_timeout_secs),
             batch_body_limit: settings.ingest.batch_body_limit_bytes,
+            serve_metrics: settings.metrics.admin_port.is_none(),
         };
         let address = format!("{}:{}", settings.server.host, settings.server.port);
         let listener = TcpListener::bind(&address)
             .await
             .with_context(|| format!("cannot listen on {address}"))?;
+        let admin = match settings.metrics.admin_port {
+            Some(port) => {
+                let address = format!("{}:{port}", settings.server.host);
+                let listener = TcpListener::bind(&address)
+                    .await
+                    .with_context(|| format!("cannot listen on {address}"))?;
+                Some((
+                    listener,
+                    crate::routes::metrics::admin_router(state.clone()),
+                ))
+            }
+            None => None,
+        };
         Ok(Application {
             listener,
             router: router(state, limits),
             store,
             ingest,
             shutdown_timeout: Duration::from_secs(settings.server.shutdown_timeout_secs),
+            admin,
         })
     }
 
@@ -87,6 +104,12 @@ impl Application {
         self.listener
             .local_addr()
             .expect("a bound listener has a local address")
+    }
+
+    /// The admin (metrics) listener's address, when it has its own port.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        let (listener, _) = self.admin.as_ref()?;
+        listener.local_addr().ok()
     }
 
     /// The store the service writes to (tests read rows back through it).
@@ -101,6 +124,10 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         tracing::info!(address = %self.local_addr(), "analytics-service listening");
+        let admin = self.admin.map(|(listener, router)| {
+            tracing::info!(address = ?listener.local_addr(), "metrics listening");
+            tokio::spawn(async move { axum::serve(listener, router).await })
+        });
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
         let server = axum::serve(self.listener, self.router).with_graceful_shutdown(async move {
             shutdown.await;
@@ -122,6 +149,9 @@ impl Application {
         }
         // Rows already queued are written before the pool closes.
         self.ingest.shutdown().await;
+        if let Some(admin) = admin {
+            admin.abort();
+        }
         self.store.close().await;
         tracing::info!("analytics-service stopped");
         Ok(())

@@ -5,6 +5,7 @@ mod analytics;
 mod batch;
 mod health;
 pub mod json;
+pub mod metrics;
 
 use std::time::Duration;
 
@@ -12,7 +13,6 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use tower_http::timeout::TimeoutLayer;
-use tower_http::trace::TraceLayer;
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -24,16 +24,23 @@ pub struct RouterLimits {
     pub request_timeout: Duration,
     /// Largest body of a batch-endpoint request.
     pub batch_body_limit: usize,
+    /// Serve `GET /metrics` on this router (false: it has its own admin listener).
+    pub serve_metrics: bool,
 }
 
 /// All routes with their middleware.
 pub fn router(state: AppState, limits: RouterLimits) -> Router {
     let body_limit = state.body_limit;
-    Router::new()
+    let router = Router::new()
         .merge(analytics::routes())
         .merge(batch::routes(limits.batch_body_limit))
         .merge(health::routes())
         .merge(alerts::routes())
+        .merge(if limits.serve_metrics {
+            metrics::routes()
+        } else {
+            Router::new()
+        })
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(axum::middleware::from_fn_with_state(
@@ -44,7 +51,6 @@ pub fn router(state: AppState, limits: RouterLimits) -> Router {
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
             limits.request_timeout,
-        ))
-        .layer(TraceLayer::new_for_http())
-        .with_state(state)
+        ));
+    crate::telemetry::http::instrument(router).with_state(state)
 }

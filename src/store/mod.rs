@@ -76,8 +76,10 @@ impl From<sqlx::Error> for StoreError {
             .and_then(|db| db.code())
             .is_some_and(|code| is_transient_pg_code(&code) || is_transient_sqlite_code(&code));
         if transport || transient_code {
+            crate::telemetry::prometheus::storage_error("unavailable");
             StoreError::Unavailable(err)
         } else {
+            crate::telemetry::prometheus::storage_error("database");
             StoreError::Database(err)
         }
     }
@@ -196,6 +198,29 @@ pub trait Store: Send + Sync {
     async fn ping(&self) -> Result<(), StoreError>;
     /// Closes the pool, waiting for connections in use to be returned.
     async fn close(&self);
+    /// The pool's connection counts, for the metrics.
+    fn pool_stats(&self) -> PoolStats;
+}
+
+/// A connection pool's counts at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Open connections.
+    pub size: u32,
+    /// Open connections not in use.
+    pub idle: u32,
+    /// Most connections the pool may open.
+    pub max: u32,
+}
+
+impl PoolStats {
+    fn of<DB: sqlx::Database>(pool: &sqlx::Pool<DB>) -> Self {
+        PoolStats {
+            size: pool.size(),
+            idle: u32::try_from(pool.num_idle()).unwrap_or(u32::MAX),
+            max: pool.options().get_max_connections(),
+        }
+    }
 }
 
 /// Opens the configured database, waits for it within `startup_timeout_secs`, and applies

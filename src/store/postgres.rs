@@ -10,7 +10,9 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::types::Json;
 use url::Url;
 
-use super::{EventRow, MetricRow, Store, StoreError, StoredEvent, StoredMetric, wait_until_ready};
+use super::{
+    EventRow, MetricRow, PoolStats, Store, StoreError, StoredEvent, StoredMetric, wait_until_ready,
+};
 use crate::settings::DatabaseSettings;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
@@ -127,6 +129,7 @@ impl Store for PgStore {
         .bind(users)
         .execute(&self.pool)
         .await?;
+        crate::telemetry::prometheus::rows_stored("AnalyticsMetrics", rows.len());
         Ok(())
     }
 
@@ -155,6 +158,7 @@ impl Store for PgStore {
         .bind(indexes)
         .execute(&self.pool)
         .await?;
+        crate::telemetry::prometheus::rows_stored("AnalyticsDetails", rows.len());
         Ok(())
     }
 
@@ -208,6 +212,10 @@ impl Store for PgStore {
 
     async fn close(&self) {
         self.pool.close().await;
+    }
+
+    fn pool_stats(&self) -> PoolStats {
+        PoolStats::of(&self.pool)
     }
 }
 

@@ -11,7 +11,9 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
-use super::{EventRow, MetricRow, Store, StoreError, StoredEvent, StoredMetric, wait_until_ready};
+use super::{
+    EventRow, MetricRow, PoolStats, Store, StoreError, StoredEvent, StoredMetric, wait_until_ready,
+};
 use crate::settings::DatabaseSettings;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
@@ -95,6 +97,7 @@ impl Store for SqliteStore {
             .await?;
         }
         tx.commit().await?;
+        crate::telemetry::prometheus::rows_stored("AnalyticsMetrics", rows.len());
         Ok(())
     }
 
@@ -118,6 +121,7 @@ impl Store for SqliteStore {
             .await?;
         }
         tx.commit().await?;
+        crate::telemetry::prometheus::rows_stored("AnalyticsDetails", rows.len());
         Ok(())
     }
 
@@ -171,5 +175,9 @@ impl Store for SqliteStore {
 
     async fn close(&self) {
         self.pool.close().await;
+    }
+
+    fn pool_stats(&self) -> PoolStats {
+        PoolStats::of(&self.pool)
     }
 }

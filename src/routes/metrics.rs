@@ -1,0 +1,31 @@
+//! `GET /metrics`: Prometheus text format.
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+
+use crate::state::AppState;
+use crate::telemetry::prometheus;
+
+/// The scrape route, for the main router or the admin listener.
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/metrics", get(metrics))
+}
+
+/// Every metric in the Prometheus text format, the pool gauges read at this moment.
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        prometheus::render(state.store.pool_stats()),
+    )
+}
+
+/// The admin listener's router: only `GET /metrics`.
+pub fn admin_router(state: AppState) -> Router {
+    routes().with_state(state)
+}

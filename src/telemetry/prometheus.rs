@@ -1,0 +1,109 @@
+//! The Prometheus recorder behind the `metrics` facade, and the service's own metrics.
+//!
+//! The recorder is process-global: `install` sets it once and later calls (a second
+//! `Application` in tests) share it. Other modules emit through `metrics::counter!` etc.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::store::PoolStats;
+
+/// Requests answered, by `method`, `route` (template) and `status`.
+pub const HTTP_REQUESTS: &str = "http_requests_total";
+/// Request latency in seconds, by `method` and `route`.
+pub const HTTP_DURATION: &str = "http_request_duration_seconds";
+/// Rows committed, by `table`.
+pub const ROWS_STORED: &str = "analytics_rows_stored_total";
+/// Storage failures, by `kind` (`unavailable`: a retry may help; `database`: it will not).
+pub const STORAGE_ERRORS: &str = "analytics_storage_errors_total";
+/// Connections the database pool holds open now.
+pub const DB_POOL_SIZE: &str = "analytics_db_pool_size";
+/// Open connections not in use.
+pub const DB_POOL_IDLE: &str = "analytics_db_pool_idle";
+/// Most connections the pool may open.
+pub const DB_POOL_MAX: &str = "analytics_db_pool_max";
+/// Always 1, labelled with the `version`.
+pub const BUILD_INFO: &str = "analytics_build_info";
+
+/// Latency buckets from 1 ms to 10 s: inserts take milliseconds, the timeout is 30 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// How often histogram samples are folded in when nobody scrapes.
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the global recorder on first call and returns the handle that renders it.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Full(HTTP_DURATION.to_owned()), LATENCY_BUCKETS)
+                .expect("the latency buckets are not empty")
+                .build_recorder();
+            let handle = recorder.handle();
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!("another metrics recorder is installed; /metrics will be empty");
+            }
+            describe();
+            gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+            let upkeep = handle.clone();
+            std::thread::Builder::new()
+                .name("metrics-upkeep".to_owned())
+                .spawn(move || {
+                    loop {
+                        std::thread::sleep(UPKEEP_INTERVAL);
+                        upkeep.run_upkeep();
+                    }
+                })
+                .expect("spawning the metrics upkeep thread");
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    describe_counter!(HTTP_REQUESTS, "HTTP requests answered");
+    describe_histogram!(
+        HTTP_DURATION,
+        metrics::Unit::Seconds,
+        "HTTP request latency"
+    );
+    describe_counter!(ROWS_STORED, "Rows committed to the database");
+    describe_counter!(STORAGE_ERRORS, "Failed database calls");
+    describe_gauge!(DB_POOL_SIZE, "Open database connections");
+    describe_gauge!(DB_POOL_IDLE, "Open database connections not in use");
+    describe_gauge!(DB_POOL_MAX, "Most database connections the pool may open");
+    describe_gauge!(BUILD_INFO, "Build information");
+}
+
+/// The Prometheus text for a scrape, with the pool gauges read now.
+pub fn render(pool: PoolStats) -> String {
+    gauge!(DB_POOL_SIZE).set(f64::from(pool.size));
+    gauge!(DB_POOL_IDLE).set(f64::from(pool.idle));
+    gauge!(DB_POOL_MAX).set(f64::from(pool.max));
+    install().render()
+}
+
+/// One answered request.
+pub fn http_request(method: &'static str, route: &str, status: u16, elapsed: Duration) {
+    let route = route.to_owned();
+    counter!(HTTP_REQUESTS, "method" => method, "route" => route.clone(), "status" => status.to_string())
+        .increment(1);
+    histogram!(HTTP_DURATION, "method" => method, "route" => route).record(elapsed.as_secs_f64());
+}
+
+/// `rows` rows committed to `table`.
+pub fn rows_stored(table: &'static str, rows: usize) {
+    counter!(ROWS_STORED, "table" => table).increment(rows as u64);
+}
+
+/// One failed database call of `kind`.
+pub fn storage_error(kind: &'static str) {
+    counter!(STORAGE_ERRORS, "kind" => kind).increment(1);
+}

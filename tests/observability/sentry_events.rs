@@ -1,0 +1,292 @@
+//! Sentry as the fake ingest server receives it.
+
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{Value, json};
+use sqlx::{Connection, Executor};
+
+use crate::fake_sentry::FakeSentry;
+use crate::helpers::{Backend, TestApp};
+use crate::support::{eventually, serial, start_telemetry};
+
+const METRIC: &str = "/api/analytics/log_raw_metric";
+const ANALYTICS: &str = "/api/analytics/log_raw_analytics";
+const BOT_TOKEN: &str = "MTA5ODc2NTQzMjEwOTg3NjU0Mw.GhIjKl.abcdefghijklmnopqrstuvwxyz0123456789";
+const DB_PASSWORD: &str = "db-password-never-sent";
+const API_KEY: &str = "alerts-api-key-never-sent";
+const COOKIE: &str = "session-cookie-never-sent";
+const FLUSH: Duration = Duration::from_secs(5);
+
+fn metric_body() -> Value {
+    json!({"metric_name": "page_load_ms", "metric_value": 12.5, "data_string": "/build"})
+}
+
+/// Settings pointing at `fake`, tracing everything, with secrets worth leaking.
+fn with_sentry(fake: &FakeSentry) -> impl FnOnce(&mut analytics_service::settings::Settings) {
+    let dsn = fake.dsn();
+    move |settings| {
+        settings.sentry.dsn = SecretString::from(dsn);
+        settings.sentry.traces_sample_rate = 1.0;
+        settings.discord.bot_token = SecretString::from(BOT_TOKEN);
+        settings.discord.alerts_api_key = SecretString::from(API_KEY);
+        let url = settings.database.url.as_ref().unwrap().expose_secret();
+        let mut url = url::Url::parse(url).unwrap();
+        if url.scheme().starts_with("postgres") {
+            // Trust authentication ignores it, but it is in the settings to be leaked.
+            url.set_password(Some(DB_PASSWORD)).unwrap();
+            settings.database.url = Some(SecretString::from(url.to_string()));
+        }
+    }
+}
+
+/// Spawns the app with telemetry started first, as `main` does.
+async fn spawn(
+    backend: Backend,
+    fake: &FakeSentry,
+) -> (analytics_service::telemetry::TelemetryGuard, TestApp) {
+    let mut settings = crate::helpers::test_settings("sqlite://unused");
+    with_sentry(fake)(&mut settings);
+    let guard = start_telemetry(&settings);
+    let app = TestApp::spawn_with(backend, with_sentry(fake)).await;
+    (guard, app)
+}
+
+async fn drop_table(app: &TestApp, table: &str) {
+    let url = app.settings.database.url.as_ref().unwrap().expose_secret();
+    let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+    conn.execute(sqlx::AssertSqlSafe(format!(r#"drop table "{table}""#)))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storage_failure_is_one_error_event_with_environment_release_and_request_id() {
+    let _serial = serial().await;
+    let fake = FakeSentry::start().await;
+    let (telemetry, app) = spawn(Backend::Postgres, &fake).await;
+    drop_table(&app, "AnalyticsDetails").await;
+    let token = app.token("user-1");
+
+    let response = app
+        .client
+        .post(app.url(ANALYTICS))
+        .bearer_auth(&token)
+        .header("cookie", format!("session={COOKIE}"))
+        .header("x-api-key", API_KEY)
+        .json(&json!({"type": "t", "data": {}, "data_index": "i"}))
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(response.status(), 500);
+    let request_id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(telemetry.flush(FLUSH));
+    assert!(eventually(5, || !fake.events().is_empty()).await);
+    let events = fake.events();
+    assert_eq!(events.len(), 1, "{events:#?}");
+    let event = &events[0];
+    assert_eq!(event["environment"], "app:local-behave:local");
+    assert_eq!(
+        event["release"],
+        concat!("analytics-service@", env!("CARGO_PKG_VERSION"))
+    );
+    // "error" is the protocol's default level and may be left out.
+    assert_eq!(event["level"].as_str().unwrap_or("error"), "error");
+    assert_eq!(event["tags"]["request_id"], request_id);
+    assert_eq!(event["transaction"], format!("POST {ANALYTICS}"));
+    assert!(
+        !event["exception"]["values"].as_array().unwrap().is_empty(),
+        "the error is sent as an exception with its chain: {event:#}"
+    );
+    println!("EVENT {}", serde_json::to_string_pretty(event).unwrap());
+    let raw: Vec<u8> = fake.raw().concat();
+    let raw = String::from_utf8_lossy(&raw);
+    for secret in [token.as_str(), COOKIE, API_KEY, DB_PASSWORD, BOT_TOKEN] {
+        assert!(!raw.contains(secret), "{secret} was sent to Sentry");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_422_is_not_an_error_event() {
+    let _serial = serial().await;
+    let fake = FakeSentry::start().await;
+    let (telemetry, app) = spawn(Backend::Sqlite, &fake).await;
+    let body = json!({"metric_name": "", "metric_value": "abc", "data_string": 1});
+
+    let response = app.post_json(METRIC, &body, Some(&app.token("u"))).await;
+
+    assert_eq!(response.status(), 422);
+    assert!(telemetry.flush(FLUSH));
+    // The request's transaction arriving shows the pipeline works; no event came with it.
+    assert!(eventually(5, || !fake.transactions().is_empty()).await);
+    assert!(telemetry.flush(FLUSH));
+    assert_eq!(fake.events(), Vec::<Value>::new());
+    assert_eq!(
+        fake.transactions()[0]["contexts"]["trace"]["status"],
+        "invalid_argument"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_is_a_transaction_named_by_its_route_template_continuing_the_trace() {
+    let _serial = serial().await;
+    let fake = FakeSentry::start().await;
+    // PostgreSQL: sqlx's SQLite worker thread holds the caller's span a moment after it
+    // answers, so with SQLite the handler span may close after the transaction was sent.
+    let (telemetry, app) = spawn(Backend::Postgres, &fake).await;
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let health = app.client.get(app.url("/healthz")).send().await.unwrap();
+
+    let response = app
+        .client
+        .post(app.url(METRIC))
+        .bearer_auth(app.token("u"))
+        .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
+        .json(&metric_body())
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(health.status(), 200);
+    assert_eq!(response.status(), 200);
+    assert!(telemetry.flush(FLUSH));
+    assert!(eventually(5, || !fake.transactions().is_empty()).await);
+    let transactions = fake.transactions();
+    assert_eq!(
+        transactions.len(),
+        1,
+        "/healthz is never traced: {transactions:#?}"
+    );
+    let transaction = &transactions[0];
+    assert_eq!(transaction["transaction"], format!("POST {METRIC}"));
+    assert_eq!(transaction["contexts"]["trace"]["op"], "http.server");
+    assert_eq!(transaction["contexts"]["trace"]["trace_id"], trace_id);
+    assert_eq!(
+        transaction["contexts"]["trace"]["parent_span_id"],
+        "00f067aa0ba902b7"
+    );
+    assert_eq!(transaction["environment"], "app:local-behave:local");
+    let spans: Vec<&str> = transaction["spans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["description"].as_str())
+        .collect();
+    assert!(spans.contains(&"http.request"), "request span: {spans:?}");
+    assert!(spans.contains(&"log_raw_metric"), "handler span: {spans:?}");
+    println!(
+        "TRANSACTION {}",
+        serde_json::to_string_pretty(transaction).unwrap()
+    );
+    println!(
+        "TRANSACTION {}",
+        serde_json::to_string_pretty(transaction).unwrap()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capture_error_sends_the_error_with_its_source_chain_and_flushes() {
+    let _serial = serial().await;
+    let fake = FakeSentry::start().await;
+    let mut settings = crate::helpers::test_settings("sqlite://unused");
+    settings.sentry.dsn = SecretString::from(fake.dsn());
+    let _telemetry = start_telemetry(&settings);
+    let err = anyhow::Error::new(std::io::Error::other("connection refused"))
+        .context("database not usable");
+
+    analytics_service::telemetry::capture_error(err.as_ref());
+
+    assert!(eventually(5, || !fake.events().is_empty()).await);
+    let events = fake.events();
+    assert_eq!(events.len(), 1, "logged once, reported once: {events:#?}");
+    let chain: Vec<&str> = events[0]["exception"]["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["value"].as_str())
+        .collect();
+    assert_eq!(chain, ["connection refused", "database not usable"]);
+}
+
+// Two runtimes: worker threads take the Sentry client they first see, so the part without
+// a DSN runs on threads that never saw the first part's client.
+#[test]
+fn with_no_dsn_nothing_is_sent() {
+    let _serial = crate::support::serial_blocking();
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let fake_runtime = runtime();
+    let fake = fake_runtime.block_on(FakeSentry::start());
+    runtime().block_on(async {
+        let (telemetry, app) = spawn(Backend::Sqlite, &fake).await;
+        app.post_json(METRIC, &metric_body(), Some(&app.token("u")))
+            .await;
+        assert!(telemetry.flush(FLUSH));
+        assert!(eventually(5, || !fake.transactions().is_empty()).await);
+    });
+    let received = fake.raw().len();
+
+    runtime().block_on(async {
+        let mut settings = crate::helpers::test_settings("sqlite://unused");
+        settings.sentry.dsn = SecretString::from("");
+        let telemetry = start_telemetry(&settings);
+        let app =
+            TestApp::spawn_with(Backend::Postgres, |s| s.sentry.dsn = SecretString::from("")).await;
+        drop_table(&app, "AnalyticsMetrics").await;
+
+        let failed = app
+            .post_json(METRIC, &metric_body(), Some(&app.token("u")))
+            .await;
+
+        assert_eq!(failed.status(), 500);
+        assert!(!telemetry.sentry_enabled());
+        assert!(sentry::Hub::main().client().is_none());
+        assert!(telemetry.flush(FLUSH));
+    });
+    assert_eq!(
+        fake.raw().len(),
+        received,
+        "nothing arrived once the DSN was empty"
+    );
+}
+
+async fn panicking_handler() -> &'static str {
+    panic!("a bug in a handler")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_handler_is_reported_once_and_answered_500() {
+    use tower::ServiceExt;
+    let _serial = serial().await;
+    let fake = FakeSentry::start().await;
+    let mut settings = crate::helpers::test_settings("sqlite://unused");
+    settings.sentry.dsn = SecretString::from(fake.dsn());
+    let telemetry = start_telemetry(&settings);
+    let router = analytics_service::telemetry::http::instrument(
+        axum::Router::new().route("/boom/{id}", axum::routing::get(panicking_handler)),
+    );
+    let request = axum::http::Request::get("/boom/7")
+        .body(axum::body::Body::empty())
+        .unwrap();
+
+    let response = router.oneshot(request).await.unwrap();
+
+    assert_eq!(response.status(), 500);
+    assert!(telemetry.flush(FLUSH));
+    assert!(eventually(5, || !fake.events().is_empty()).await);
+    let events = fake.events();
+    assert_eq!(events.len(), 1, "{events:#?}");
+    let exception = &events[0]["exception"]["values"][0];
+    assert_eq!(exception["mechanism"]["type"], "panic");
+    assert_eq!(exception["value"], "a bug in a handler");
+    assert_eq!(events[0]["transaction"], "GET /boom/{id}");
+}

@@ -50,6 +50,9 @@ pub enum ApiError {
     /// 405.
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// 429 with `Retry-After` and `RateLimit-*`.
+    #[error(transparent)]
+    RateLimited(#[from] crate::edge::RateLimited),
 }
 
 impl ApiError {
@@ -98,6 +101,7 @@ impl IntoResponse for ApiError {
             ApiError::MethodNotAllowed => {
                 detail(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed")
             }
+            ApiError::RateLimited(limited) => limited.into_response(),
         }
     }
 }

@@ -90,6 +90,12 @@ pub struct Settings {
     pub sentry: SentrySettings,
     /// Discord alerts.
     pub discord: DiscordSettings,
+    /// Per-IP and per-user rate limits.
+    #[serde(default)]
+    pub rate_limit: crate::edge::RateLimitSettings,
+    /// CORS and beacon mode.
+    #[serde(default)]
+    pub browser: crate::edge::BrowserSettings,
 }
 
 /// Where and how the HTTP server listens.
@@ -105,6 +111,27 @@ pub struct ServerSettings {
     pub request_timeout_secs: u64,
     /// How long in-flight requests may run after a shutdown signal.
     pub shutdown_timeout_secs: u64,
+    /// A client must send its whole request head within this time (slowloris).
+    #[serde(default = "default_header_read_timeout_secs")]
+    pub header_read_timeout_secs: u64,
+    /// Most connections open at once.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Largest request head (request line and headers), in bytes.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+}
+
+fn default_header_read_timeout_secs() -> u64 {
+    10
+}
+
+fn default_max_connections() -> usize {
+    4096
+}
+
+fn default_max_header_bytes() -> usize {
+    64 * 1024
 }
 
 /// Which database, and how the pool behaves.
@@ -271,6 +298,10 @@ impl Settings {
         if self.server.body_limit_bytes == 0 {
             return invalid("server.body_limit_bytes must be at least 1");
         }
+        if self.server.header_read_timeout_secs == 0 || self.server.max_connections == 0 {
+            return invalid("server.header_read_timeout_secs and server.max_connections must be at least 1");
+        }
+        crate::edge::config::validate(&self.rate_limit, &self.browser)?;
         Ok(())
     }
 }

@@ -10,7 +10,9 @@ use tokio::net::TcpListener;
 
 use crate::auth::Authenticator;
 use crate::clock::{Clock, SystemClock};
+use crate::edge::Edge;
 use crate::routes::{RouterLimits, router};
+use crate::server::ConnectionLimits;
 use crate::settings::Settings;
 use crate::state::AppState;
 use crate::store::{self, Store};
@@ -21,6 +23,7 @@ pub struct Application {
     router: axum::Router,
     store: Arc<dyn Store>,
     shutdown_timeout: Duration,
+    connection_limits: ConnectionLimits,
 }
 
 impl Application {
@@ -42,6 +45,7 @@ impl Application {
             authenticator: Arc::new(Authenticator::new(&settings.auth)),
             clock,
             body_limit: settings.server.body_limit_bytes,
+            edge: Arc::new(Edge::new(&settings.rate_limit, &settings.browser)),
         };
         let limits = RouterLimits {
             request_timeout: Duration::from_secs(settings.server.request_timeout_secs),
@@ -55,6 +59,11 @@ impl Application {
             router: router(state, limits),
             store,
             shutdown_timeout: Duration::from_secs(settings.server.shutdown_timeout_secs),
+            connection_limits: ConnectionLimits {
+                header_read_timeout: Duration::from_secs(settings.server.header_read_timeout_secs),
+                max_connections: settings.server.max_connections,
+                max_header_bytes: settings.server.max_header_bytes,
+            },
         })
     }
 
@@ -78,11 +87,16 @@ impl Application {
     ) -> anyhow::Result<()> {
         tracing::info!(address = %self.local_addr(), "analytics-service listening");
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = axum::serve(self.listener, self.router).with_graceful_shutdown(async move {
-            shutdown.await;
-            tracing::info!("shutdown requested; finishing in-flight requests");
-            let _ = stopping_tx.send(());
-        });
+        let server = crate::server::serve(
+            self.listener,
+            self.router,
+            self.connection_limits,
+            async move {
+                shutdown.await;
+                tracing::info!("shutdown requested; finishing in-flight requests");
+                let _ = stopping_tx.send(());
+            },
+        );
         let drain_deadline = async {
             if stopping_rx.await.is_ok() {
                 tokio::time::sleep(self.shutdown_timeout).await;

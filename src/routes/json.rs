@@ -85,14 +85,16 @@ impl FromRequest<AppState> for JsonBody {
     async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
         let request_line = format!("{} {}", request.method(), request.uri().path());
         let json = is_json_content_type(&request);
+        let limit = request
+            .extensions()
+            .get::<crate::edge::limits::RouteBodyLimit>()
+            .map_or(state.body_limit, |limit| limit.0);
         let bytes =
             Bytes::from_request(request, state)
                 .await
                 .map_err(|rejection| match rejection {
                     BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_)) => {
-                        ApiError::PayloadTooLarge {
-                            limit: state.body_limit,
-                        }
+                        ApiError::PayloadTooLarge { limit }
                     }
                     other => ApiError::BodyUnreadable(other.body_text()),
                 })?;

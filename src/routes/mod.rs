@@ -3,14 +3,14 @@
 mod analytics;
 mod health;
 pub mod json;
+pub mod openapi;
 
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
-use axum::http::StatusCode;
-use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -24,17 +24,24 @@ pub struct RouterLimits {
 
 /// All routes with their middleware.
 pub fn router(state: AppState, limits: RouterLimits) -> Router {
-    let body_limit = state.body_limit;
-    Router::new()
-        .merge(analytics::routes())
-        .merge(health::routes())
+    let (routes, spec) = api_routes().split_for_parts();
+    let routes = routes
+        .merge(openapi::routes(spec))
         .fallback(|| async { ApiError::NotFound })
-        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .layer(DefaultBodyLimit::max(body_limit))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
-            limits.request_timeout,
-        ))
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed });
+    crate::edge::harden(routes, &state, limits.request_timeout)
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// Every documented route; a route added here is in `/openapi.json` automatically.
+fn api_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .merge(analytics::routes())
+        .merge(health::routes())
+}
+
+/// The OpenAPI document of the service (what `GET /openapi.json` serves).
+pub fn openapi_spec() -> utoipa::openapi::OpenApi {
+    api_routes().split_for_parts().1
 }

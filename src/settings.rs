@@ -299,7 +299,9 @@ impl Settings {
             return invalid("server.body_limit_bytes must be at least 1");
         }
         if self.server.header_read_timeout_secs == 0 || self.server.max_connections == 0 {
-            return invalid("server.header_read_timeout_secs and server.max_connections must be at least 1");
+            return invalid(
+                "server.header_read_timeout_secs and server.max_connections must be at least 1",
+            );
         }
         crate::edge::config::validate(&self.rate_limit, &self.browser)?;
         Ok(())

@@ -17,7 +17,8 @@ use crate::error::STORAGE_RETRY_AFTER_SECS;
 pub struct RouteBodyLimit(pub usize);
 
 /// The layers [`body_limit`] stacks.
-pub type BodyLimitLayers = Stack<axum::Extension<RouteBodyLimit>, Stack<DefaultBodyLimit, Identity>>;
+pub type BodyLimitLayers =
+    Stack<axum::Extension<RouteBodyLimit>, Stack<DefaultBodyLimit, Identity>>;
 
 /// The layer that sets a route's body limit: `.route_layer(body_limit(n))` on a route
 /// overrides the router-wide one. Decompressed bytes count, so a zip bomb is cut off.
@@ -44,7 +45,8 @@ pub async fn timed_out(err: BoxError) -> Response {
         response
     } else {
         tracing::error!(error = %err, "middleware failed");
-        let body = json!({ "detail": { "message": "Internal error", "hint": "Retry the request." }});
+        let body =
+            json!({ "detail": { "message": "Internal error", "hint": "Retry the request." }});
         (StatusCode::INTERNAL_SERVER_ERROR, Json(body)).into_response()
     }
 }

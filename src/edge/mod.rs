@@ -69,7 +69,10 @@ pub fn harden(
     let router = router
         .layer(limits::body_limit(state.body_limit))
         .layer(RequestDecompressionLayer::new())
-        .layer(middleware::from_fn_with_state(state.edge.clone(), limit_by_ip))
+        .layer(middleware::from_fn_with_state(
+            state.edge.clone(),
+            limit_by_ip,
+        ))
         .layer(
             ServiceBuilder::new()
                 .layer(HandleErrorLayer::new(limits::timed_out))

@@ -60,10 +60,16 @@ impl IntoResponse for RateLimited {
             "Too many requests: retry in {} seconds",
             self.retry_after_secs
         );
-        let mut response =
-            (StatusCode::TOO_MANY_REQUESTS, Json(json!({ "detail": detail }))).into_response();
+        let mut response = (
+            StatusCode::TOO_MANY_REQUESTS,
+            Json(json!({ "detail": detail })),
+        )
+            .into_response();
         let headers = response.headers_mut();
-        headers.insert(header::RETRY_AFTER, HeaderValue::from(self.retry_after_secs));
+        headers.insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(self.retry_after_secs),
+        );
         headers.insert("ratelimit-limit", HeaderValue::from(self.burst));
         headers.insert("ratelimit-remaining", HeaderValue::from(0));
         headers.insert("ratelimit-reset", HeaderValue::from(self.retry_after_secs));
@@ -170,7 +176,10 @@ impl RateLimits {
         )
         .increment(1);
         if self.dry_run {
-            tracing::debug!(reason = bucket.kind.label(), "rate limit exceeded (dry run)");
+            tracing::debug!(
+                reason = bucket.kind.label(),
+                "rate limit exceeded (dry run)"
+            );
             Ok(())
         } else {
             Err(limited)

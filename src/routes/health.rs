@@ -1,12 +1,12 @@
 //! `GET /healthz` (the process answers) and `GET /readyz` (the database answers).
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use serde_json::json;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
-use serde_json::json;
 
 use crate::error::STORAGE_RETRY_AFTER_SECS;
 use crate::state::AppState;

@@ -113,12 +113,14 @@ pub struct LogRawMetricRequest {
 fn metric_value_schema() -> utoipa::openapi::schema::Schema {
     use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
     let one_of = OneOfBuilder::new()
-        .item(ObjectBuilder::new().schema_type(Type::Number).minimum(Some(0.0)))
         .item(
             ObjectBuilder::new()
-                .schema_type(Type::String)
-                .pattern(Some(r"^\s*\+?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?\s*$")),
+                .schema_type(Type::Number)
+                .minimum(Some(0.0)),
         )
+        .item(ObjectBuilder::new().schema_type(Type::String).pattern(Some(
+            r"^\s*\+?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?\s*$",
+        )))
         .description(Some("A finite number ≥ 0, or a string holding one"))
         .build();
     Schema::OneOf(one_of)

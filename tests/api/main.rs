@@ -4,6 +4,7 @@ mod helpers;
 
 mod analytics;
 mod auth;
+mod edge;
 mod http_errors;
 mod lifecycle;
 mod metrics;

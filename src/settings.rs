@@ -456,6 +456,25 @@ mod tests {
     }
 
     #[test]
+    fn edge_settings_come_from_the_environment() {
+        let settings = load_with(&[
+            ("APP_RATE_LIMIT__DRY_RUN", "true"),
+            ("APP_RATE_LIMIT__TRUSTED_PROXY_HOPS", "2"),
+            ("APP_BROWSER__ALLOWED_ORIGINS", "https://a.example.com"),
+            ("APP_BROWSER__BEACON_ENABLED", "true"),
+            ("APP_SERVER__HEADER_READ_TIMEOUT_SECS", "3"),
+        ])
+        .unwrap();
+
+        assert!(settings.rate_limit.dry_run);
+        assert_eq!(settings.rate_limit.trusted_proxy_hops, 2);
+        assert_eq!(settings.browser.origins(), ["https://a.example.com"]);
+        assert!(settings.browser.beacon_enabled);
+        assert_eq!(settings.server.header_read_timeout_secs, 3);
+        assert!(load_with(&[("APP_BROWSER__ALLOWED_ORIGINS", "*")]).is_err());
+    }
+
+    #[test]
     fn bad_app_env_and_bad_numbers_are_refused() {
         assert!(load_with(&[("APP_ENV", "staging")]).is_err());
         assert!(load_with(&[("PORT", "eighty")]).is_err());

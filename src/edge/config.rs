@@ -100,3 +100,59 @@ pub fn validate(rate: &RateLimitSettings, browser: &BrowserSettings) -> Result<(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn browser(origins: &str) -> BrowserSettings {
+        BrowserSettings {
+            allowed_origins: origins.to_owned(),
+            ..BrowserSettings::default()
+        }
+    }
+
+    #[test]
+    fn origins_are_split_trimmed_and_checked() {
+        let ok = browser(" https://a.example.com , http://localhost:3000,");
+
+        assert_eq!(
+            ok.origins(),
+            ["https://a.example.com", "http://localhost:3000"]
+        );
+        assert!(validate(&RateLimitSettings::default(), &ok).is_ok());
+        for bad in [
+            "*",
+            "a.example.com",
+            "https://a.example.com/",
+            "https://a.example.com/x",
+            "ftp://a.example.com",
+        ] {
+            assert!(
+                validate(&RateLimitSettings::default(), &browser(bad)).is_err(),
+                "{bad} is refused"
+            );
+        }
+    }
+
+    #[test]
+    fn negative_rates_and_empty_buckets_are_refused() {
+        let negative = RateLimitSettings {
+            ip_per_second: -1.0,
+            ..RateLimitSettings::default()
+        };
+        let no_burst = RateLimitSettings {
+            user_burst: 0,
+            ..RateLimitSettings::default()
+        };
+        let off = RateLimitSettings {
+            user_per_second: 0.0,
+            user_burst: 0,
+            ..RateLimitSettings::default()
+        };
+
+        assert!(validate(&negative, &browser("")).is_err());
+        assert!(validate(&no_burst, &browser("")).is_err());
+        assert!(validate(&off, &browser("")).is_ok());
+    }
+}

@@ -110,6 +110,23 @@ pub struct LogRawMetricRequest {
     data_string: String,
 }
 
+/// Unicode White_Space, which the numeric-string conversion trims (as Python's `float`).
+macro_rules! ws {
+    () => {
+        r"[\t\n\u000b\u000c\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*"
+    };
+}
+
+/// Numeric strings the service converts. Digits and exponent are bounded so that every
+/// string matching it is finite (the service refuses `"1e309"`).
+const NUMERIC_STRING: &str = concat!(
+    "^",
+    ws!(),
+    r"\+?(0*[0-9]{1,15}(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]{1,2})?",
+    ws!(),
+    "$"
+);
+
 fn metric_value_schema() -> utoipa::openapi::schema::Schema {
     use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
     let one_of = OneOfBuilder::new()
@@ -118,9 +135,11 @@ fn metric_value_schema() -> utoipa::openapi::schema::Schema {
                 .schema_type(Type::Number)
                 .minimum(Some(0.0)),
         )
-        .item(ObjectBuilder::new().schema_type(Type::String).pattern(Some(
-            r"^\s*\+?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?\s*$",
-        )))
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(NUMERIC_STRING)),
+        )
         .description(Some("A finite number ≥ 0, or a string holding one"))
         .build();
     Schema::OneOf(one_of)

@@ -11,6 +11,7 @@
 # Env: DURATION=6s CONNS="16 64 256" SCENARIOS="metric analytics batch100 invalid noauth"
 #      REPS=1 PORT=18086 ADMIN_URL=postgres://postgres@127.0.0.1:5432/postgres
 #      SERVER_ENV="APP_INGEST__WRITERS_PER_TABLE=2 ..." (extra settings for the server)
+# The per-user rate limit is turned off: every request comes from one bench user.
 #      BUILD=0 (use the release binary as it is)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,7 +34,7 @@ psql "$admin_url" -qX -c "drop database if exists $db with (force)" -c "create d
 
 work="$(mktemp -d)"
 env APP_ENV=prod HOST=127.0.0.1 PORT="$port" JWT_VERIFY_KEY="$key" DATABASE_URL="$db_url" \
-  RUST_LOG=warn ${SERVER_ENV:-} target/release/analytics-service > "$work/server.log" 2>&1 &
+  RUST_LOG=warn APP_RATE_LIMIT__USER_PER_SECOND=0 ${SERVER_ENV:-} target/release/analytics-service > "$work/server.log" 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; rm -rf "$work"' EXIT
 for _ in $(seq 1 100); do

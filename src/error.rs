@@ -52,6 +52,9 @@ pub enum ApiError {
     /// 405.
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// 429 with `Retry-After` and `RateLimit-*`.
+    #[error(transparent)]
+    RateLimited(#[from] crate::edge::RateLimited),
 }
 
 impl ApiError {
@@ -103,6 +106,7 @@ impl IntoResponse for ApiError {
             ApiError::MethodNotAllowed => {
                 detail(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed")
             }
+            ApiError::RateLimited(limited) => limited.into_response(),
         }
     }
 }

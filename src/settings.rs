@@ -95,6 +95,12 @@ pub struct Settings {
     pub discord: DiscordSettings,
     /// Group commit and batch endpoints.
     pub ingest: IngestSettings,
+    /// Per-IP and per-user rate limits.
+    #[serde(default)]
+    pub rate_limit: crate::edge::RateLimitSettings,
+    /// CORS and beacon mode.
+    #[serde(default)]
+    pub browser: crate::edge::BrowserSettings,
 }
 
 /// How single events are grouped into transactions, and the batch endpoints' limits.
@@ -127,6 +133,27 @@ pub struct ServerSettings {
     pub request_timeout_secs: u64,
     /// How long in-flight requests may run after a shutdown signal.
     pub shutdown_timeout_secs: u64,
+    /// A client must send its whole request head within this time (slowloris).
+    #[serde(default = "default_header_read_timeout_secs")]
+    pub header_read_timeout_secs: u64,
+    /// Most connections open at once.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Largest request head (request line and headers), in bytes.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+}
+
+fn default_header_read_timeout_secs() -> u64 {
+    10
+}
+
+fn default_max_connections() -> usize {
+    4096
+}
+
+fn default_max_header_bytes() -> usize {
+    64 * 1024
 }
 
 /// Which database, and how the pool behaves.
@@ -345,6 +372,12 @@ impl Settings {
                 "ingest.batch_max_items and ingest.writers_per_table must be at least 1",
             );
         }
+        if self.server.header_read_timeout_secs == 0 || self.server.max_connections == 0 {
+            return invalid(
+                "server.header_read_timeout_secs and server.max_connections must be at least 1",
+            );
+        }
+        crate::edge::config::validate(&self.rate_limit, &self.browser)?;
         Ok(())
     }
 }
@@ -494,6 +527,25 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("unknown scheme \"mysql\""), "{text}");
         assert!(!text.contains("hunter2"));
+    }
+
+    #[test]
+    fn edge_settings_come_from_the_environment() {
+        let settings = load_with(&[
+            ("APP_RATE_LIMIT__DRY_RUN", "true"),
+            ("APP_RATE_LIMIT__TRUSTED_PROXY_HOPS", "2"),
+            ("APP_BROWSER__ALLOWED_ORIGINS", "https://a.example.com"),
+            ("APP_BROWSER__BEACON_ENABLED", "true"),
+            ("APP_SERVER__HEADER_READ_TIMEOUT_SECS", "3"),
+        ])
+        .unwrap();
+
+        assert!(settings.rate_limit.dry_run);
+        assert_eq!(settings.rate_limit.trusted_proxy_hops, 2);
+        assert_eq!(settings.browser.origins(), ["https://a.example.com"]);
+        assert!(settings.browser.beacon_enabled);
+        assert_eq!(settings.server.header_read_timeout_secs, 3);
+        assert!(load_with(&[("APP_BROWSER__ALLOWED_ORIGINS", "*")]).is_err());
     }
 
     #[test]

@@ -12,8 +12,10 @@ use tokio::net::TcpListener;
 use crate::alerts::{self, Alerter};
 use crate::auth::Authenticator;
 use crate::clock::{Clock, SystemClock};
+use crate::edge::Edge;
 use crate::ingest::{GroupCommit, GroupCommitSettings};
 use crate::routes::{RouterLimits, router};
+use crate::server::ConnectionLimits;
 use crate::settings::Settings;
 use crate::state::AppState;
 use crate::store::{self, Store};
@@ -27,6 +29,7 @@ pub struct Application {
     shutdown_timeout: Duration,
     /// `GET /metrics` on its own port, when `metrics.admin_port` is set.
     admin: Option<(TcpListener, axum::Router)>,
+    connection_limits: ConnectionLimits,
 }
 
 impl Application {
@@ -66,6 +69,7 @@ impl Application {
             alerts: alerter,
             alerts_api_key: Some(settings.discord.alerts_api_key.clone())
                 .filter(|key| !key.expose_secret().trim().is_empty()),
+            edge: Arc::new(Edge::new(&settings.rate_limit, &settings.browser)),
         };
         let limits = RouterLimits {
             request_timeout: Duration::from_secs(settings.server.request_timeout_secs),
@@ -96,6 +100,11 @@ impl Application {
             ingest,
             shutdown_timeout: Duration::from_secs(settings.server.shutdown_timeout_secs),
             admin,
+            connection_limits: ConnectionLimits {
+                header_read_timeout: Duration::from_secs(settings.server.header_read_timeout_secs),
+                max_connections: settings.server.max_connections,
+                max_header_bytes: settings.server.max_header_bytes,
+            },
         })
     }
 
@@ -129,11 +138,16 @@ impl Application {
             tokio::spawn(async move { axum::serve(listener, router).await })
         });
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = axum::serve(self.listener, self.router).with_graceful_shutdown(async move {
-            shutdown.await;
-            tracing::info!("shutdown requested; finishing in-flight requests");
-            let _ = stopping_tx.send(());
-        });
+        let server = crate::server::serve(
+            self.listener,
+            self.router,
+            self.connection_limits,
+            async move {
+                shutdown.await;
+                tracing::info!("shutdown requested; finishing in-flight requests");
+                let _ = stopping_tx.send(());
+            },
+        );
         let drain_deadline = async {
             if stopping_rx.await.is_ok() {
                 tokio::time::sleep(self.shutdown_timeout).await;

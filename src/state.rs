@@ -7,6 +7,7 @@ use secrecy::SecretString;
 use crate::alerts::Alerter;
 use crate::auth::Authenticator;
 use crate::clock::Clock;
+use crate::edge::Edge;
 use crate::ingest::GroupCommit;
 use crate::store::Store;
 
@@ -29,4 +30,6 @@ pub struct AppState {
     pub alerts: Option<Arc<Alerter>>,
     /// `X-API-Key` accepted by the alerts endpoint; `None` when not configured.
     pub alerts_api_key: Option<SecretString>,
+    /// Rate limits and browser settings.
+    pub edge: Arc<Edge>,
 }

@@ -1,12 +1,14 @@
 //! `POST /api/analytics/log_raw_metric` and `POST /api/analytics/log_raw_analytics`.
 
+use axum::Json;
 use axum::extract::State;
-use axum::routing::post;
-use axum::{Json, Router};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::json::JsonBody;
 use crate::auth::Caller;
 use crate::domain::{NewAnalyticsEvent, NewMetric};
+use crate::edge::{admit, beacon};
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::store::{EventRow, MetricRow};
@@ -16,24 +18,36 @@ pub(super) const METRIC_HINT: &str = "Check analytics service connection and ret
 /// The original's hint on a failed event write.
 pub(super) const ANALYTICS_HINT: &str = "Ensure analytics DB is reachable.";
 
-/// The two ingestion routes.
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/analytics/log_raw_metric", post(log_raw_metric))
-        .route("/api/analytics/log_raw_analytics", post(log_raw_analytics))
+/// The two ingestion routes, with their OpenAPI operations.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(log_raw_metric))
+        .routes(routes!(log_raw_analytics))
 }
 
 // `caller` is taken as a `Result` so that a body that is not JSON is refused (422) before
 // auth is looked at, as FastAPI did; the auth error is then returned before validation.
 
 /// Stores one metric; answers its id as a bare JSON string.
+#[utoipa::path(
+    post,
+    path = "/api/analytics/log_raw_metric",
+    operation_id = "postAnalyticsLogRawMetric",
+    tag = "analytics",
+    request_body = super::openapi::LogRawMetricRequest,
+    security(("bearerAuth" = [])),
+    responses(
+        (status = 200, description = "Stored; the new row's id", content_type = "application/json", body = String),
+        super::openapi::ErrorResponses,
+    ),
+)]
 #[tracing::instrument(name = "log_raw_metric", skip_all)]
 pub async fn log_raw_metric(
     State(state): State<AppState>,
     caller: Result<Caller, ApiError>,
     body: JsonBody,
 ) -> Result<Json<String>, ApiError> {
-    let caller = caller?;
+    let caller = admit(&state, caller?)?;
     let metric = NewMetric::parse(&body.value).map_err(|errors| body.invalid(errors))?;
     let row = MetricRow::new(state.clock.now(), caller.user_id, metric);
     let id = row.id;
@@ -45,14 +59,27 @@ pub async fn log_raw_metric(
     Ok(Json(id.to_string()))
 }
 
-/// Stores one analytics event; answers its id as a bare JSON string.
+/// Stores one analytics event; answers its id as a bare JSON string. With beacon mode on,
+/// a `text/plain` JSON body may carry the JWT in a `token` field instead of the header.
+#[utoipa::path(
+    post,
+    path = "/api/analytics/log_raw_analytics",
+    operation_id = "postAnalyticsLogRawAnalytics",
+    tag = "analytics",
+    request_body = super::openapi::LogRawAnalyticsRequest,
+    security(("bearerAuth" = [])),
+    responses(
+        (status = 200, description = "Stored; the new row's id", content_type = "application/json", body = String),
+        super::openapi::ErrorResponses,
+    ),
+)]
 #[tracing::instrument(name = "log_raw_analytics", skip_all)]
 pub async fn log_raw_analytics(
     State(state): State<AppState>,
     caller: Result<Caller, ApiError>,
-    body: JsonBody,
+    mut body: JsonBody,
 ) -> Result<Json<String>, ApiError> {
-    let caller = caller?;
+    let caller = admit(&state, beacon::caller(&state, caller, &mut body)?)?;
     let event = NewAnalyticsEvent::parse(&body.value).map_err(|errors| body.invalid(errors))?;
     let row = EventRow::new(state.clock.now(), caller.user_id, event);
     let id = row.id;

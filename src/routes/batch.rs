@@ -2,13 +2,13 @@
 //! for clients that buffer. Valid items are stored in one transaction; the answer lists one
 //! result per item, in order.
 
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::State;
 use axum::routing::post;
-use axum::{Extension, Json, Router};
+use axum::{Json, Router};
 use serde::Serialize;
 
 use super::analytics::{ANALYTICS_HINT, METRIC_HINT};
-use super::json::{JsonBody, RouteBodyLimit};
+use super::json::JsonBody;
 use crate::auth::Caller;
 use crate::domain::{FieldError, NewAnalyticsEvent, NewMetric, parse_batch};
 use crate::error::ApiError;
@@ -36,8 +36,7 @@ pub fn routes(body_limit: usize) -> Router<AppState> {
             "/api/analytics/log_raw_analytics/batch",
             post(log_raw_analytics_batch),
         )
-        .layer(DefaultBodyLimit::max(body_limit))
-        .layer(Extension(RouteBodyLimit(body_limit)))
+        .layer(crate::edge::limits::body_limit(body_limit))
 }
 
 /// Splits parse results into rows to store and the per-item answers (ids filled in now,
@@ -68,7 +67,7 @@ pub async fn log_raw_metric_batch(
     caller: Result<Caller, ApiError>,
     body: JsonBody,
 ) -> Result<Json<Vec<ItemResult>>, ApiError> {
-    let caller = caller?;
+    let caller = crate::edge::admit(&state, caller?)?;
     let parsed = parse_batch(&body.value, state.batch_max_items, NewMetric::parse)
         .map_err(|errors| body.invalid(errors))?;
     let now = state.clock.now();
@@ -93,7 +92,7 @@ pub async fn log_raw_analytics_batch(
     caller: Result<Caller, ApiError>,
     body: JsonBody,
 ) -> Result<Json<Vec<ItemResult>>, ApiError> {
-    let caller = caller?;
+    let caller = crate::edge::admit(&state, caller?)?;
     let parsed = parse_batch(&body.value, state.batch_max_items, NewAnalyticsEvent::parse)
         .map_err(|errors| body.invalid(errors))?;
     let now = state.clock.now();

@@ -85,10 +85,6 @@ fn parse(body: &Bytes, json: bool) -> Result<Value, FieldError> {
     })
 }
 
-/// The body limit of a route group, when it differs from the service-wide one.
-#[derive(Debug, Clone, Copy)]
-pub struct RouteBodyLimit(pub usize);
-
 impl FromRequest<AppState> for JsonBody {
     type Rejection = ApiError;
 
@@ -97,8 +93,8 @@ impl FromRequest<AppState> for JsonBody {
         let json = is_json_content_type(&request);
         let limit = request
             .extensions()
-            .get::<RouteBodyLimit>()
-            .map_or(state.body_limit, |l| l.0);
+            .get::<crate::edge::limits::RouteBodyLimit>()
+            .map_or(state.body_limit, |limit| limit.0);
         let bytes =
             Bytes::from_request(request, state)
                 .await

@@ -6,13 +6,13 @@ mod batch;
 mod health;
 pub mod json;
 pub mod metrics;
+pub mod openapi;
 
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
-use axum::http::StatusCode;
-use tower_http::timeout::TimeoutLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -30,11 +30,10 @@ pub struct RouterLimits {
 
 /// All routes with their middleware.
 pub fn router(state: AppState, limits: RouterLimits) -> Router {
-    let body_limit = state.body_limit;
-    let router = Router::new()
-        .merge(analytics::routes())
+    let (routes, spec) = api_routes().split_for_parts();
+    let routes = routes
+        .merge(openapi::routes(spec))
         .merge(batch::routes(limits.batch_body_limit))
-        .merge(health::routes())
         .merge(alerts::routes())
         .merge(if limits.serve_metrics {
             metrics::routes()
@@ -46,11 +45,19 @@ pub fn router(state: AppState, limits: RouterLimits) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             alerts::watch_storage,
-        ))
-        .layer(DefaultBodyLimit::max(body_limit))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
-            limits.request_timeout,
         ));
-    crate::telemetry::http::instrument(router).with_state(state)
+    let hardened = crate::edge::harden(routes, &state, limits.request_timeout);
+    crate::telemetry::http::instrument(hardened).with_state(state)
+}
+
+/// Every documented route; a route added here is in `/openapi.json` automatically.
+fn api_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .merge(analytics::routes())
+        .merge(health::routes())
+}
+
+/// The OpenAPI document of the service (what `GET /openapi.json` serves).
+pub fn openapi_spec() -> utoipa::openapi::OpenApi {
+    api_routes().split_for_parts().1
 }

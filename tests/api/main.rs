@@ -6,6 +6,7 @@ mod alerts;
 mod analytics;
 mod auth;
 mod batch;
+mod edge;
 mod group_commit;
 mod http_errors;
 mod lifecycle;

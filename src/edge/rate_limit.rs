@@ -1,0 +1,237 @@
+//! Token-bucket rate limits per client IP (before auth) and per user id (after auth),
+//! with governor's GCRA. A refusal is a 429 with `Retry-After` and `RateLimit-*` headers;
+//! in dry-run mode refusals are only counted (`analytics_rate_limited_total`).
+
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::StateInformationMiddleware;
+use governor::{DefaultKeyedRateLimiter, Quota};
+use serde_json::json;
+
+use super::config::RateLimitSettings;
+
+/// The metric counting refused (or, in dry-run, would-be refused) requests.
+pub const RATE_LIMITED_METRIC: &str = "analytics_rate_limited_total";
+
+/// Forget idle keys after this many checks, so the key tables stay bounded.
+const SWEEP_EVERY: u64 = 4096;
+
+type KeyedLimiter = DefaultKeyedRateLimiter<String, StateInformationMiddleware>;
+
+/// Which limit refused a request (the `reason` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitKind {
+    /// Per client IP, before auth.
+    Ip,
+    /// Per user id, after auth.
+    User,
+}
+
+impl LimitKind {
+    fn label(self) -> &'static str {
+        match self {
+            LimitKind::Ip => "ip",
+            LimitKind::User => "user",
+        }
+    }
+}
+
+/// A 429: which limit, and when to come back.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("rate limit ({kind:?}) exceeded; retry in {retry_after_secs} s")]
+pub struct RateLimited {
+    /// The limit that refused.
+    pub kind: LimitKind,
+    /// Whole seconds until a request will be admitted (at least 1).
+    pub retry_after_secs: u64,
+    /// The bucket size (`RateLimit-Limit`).
+    pub burst: u32,
+}
+
+impl IntoResponse for RateLimited {
+    fn into_response(self) -> Response {
+        let detail = format!(
+            "Too many requests: retry in {} seconds",
+            self.retry_after_secs
+        );
+        let mut response = (
+            StatusCode::TOO_MANY_REQUESTS,
+            Json(json!({ "detail": detail })),
+        )
+            .into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(self.retry_after_secs),
+        );
+        headers.insert("ratelimit-limit", HeaderValue::from(self.burst));
+        headers.insert("ratelimit-remaining", HeaderValue::from(0));
+        headers.insert("ratelimit-reset", HeaderValue::from(self.retry_after_secs));
+        response
+    }
+}
+
+struct Bucket {
+    kind: LimitKind,
+    limiter: KeyedLimiter,
+    burst: u32,
+}
+
+impl Bucket {
+    fn new(kind: LimitKind, per_second: f64, burst: u32) -> Option<Self> {
+        let burst_nz = NonZeroU32::new(burst)?;
+        if per_second <= 0.0 {
+            return None;
+        }
+        let period = Duration::from_secs_f64(1.0 / per_second).max(Duration::from_nanos(1));
+        let quota = Quota::with_period(period)?.allow_burst(burst_nz);
+        Some(Bucket {
+            kind,
+            limiter: DefaultKeyedRateLimiter::<String>::keyed(quota)
+                .with_middleware::<StateInformationMiddleware>(),
+            burst,
+        })
+    }
+
+    fn check(&self, key: &str) -> Result<(), RateLimited> {
+        self.limiter
+            .check_key(&key.to_owned())
+            .map(|_| ())
+            .map_err(|not_until| {
+                let wait = not_until.wait_time_from(DefaultClock::default().now());
+                RateLimited {
+                    kind: self.kind,
+                    retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
+                    burst: self.burst,
+                }
+            })
+    }
+}
+
+/// Both limits, built once from the settings.
+pub struct RateLimits {
+    ip: Option<Bucket>,
+    user: Option<Bucket>,
+    dry_run: bool,
+    /// Proxies trusted to append to `X-Forwarded-For`.
+    pub trusted_proxy_hops: usize,
+    checks: AtomicU64,
+}
+
+impl std::fmt::Debug for RateLimits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimits")
+            .field("ip", &self.ip.as_ref().map(|b| b.burst))
+            .field("user", &self.user.as_ref().map(|b| b.burst))
+            .field("dry_run", &self.dry_run)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RateLimits {
+    /// Limits as configured; a rate of 0 disables that limit.
+    pub fn new(settings: &RateLimitSettings) -> Self {
+        RateLimits {
+            ip: Bucket::new(LimitKind::Ip, settings.ip_per_second, settings.ip_burst),
+            user: Bucket::new(
+                LimitKind::User,
+                settings.user_per_second,
+                settings.user_burst,
+            ),
+            dry_run: settings.dry_run,
+            trusted_proxy_hops: settings.trusted_proxy_hops,
+            checks: AtomicU64::new(0),
+        }
+    }
+
+    /// Takes a token from the client IP's bucket.
+    pub fn check_ip(&self, ip: &str) -> Result<(), RateLimited> {
+        self.check(self.ip.as_ref(), ip)
+    }
+
+    /// Takes a token from the user's bucket.
+    pub fn check_user(&self, user_id: &str) -> Result<(), RateLimited> {
+        self.check(self.user.as_ref(), user_id)
+    }
+
+    fn check(&self, bucket: Option<&Bucket>, key: &str) -> Result<(), RateLimited> {
+        let Some(bucket) = bucket else {
+            return Ok(());
+        };
+        self.sweep_now_and_then();
+        let Err(limited) = bucket.check(key) else {
+            return Ok(());
+        };
+        // Labels stay low-cardinality and free of user ids and addresses.
+        metrics::counter!(
+            RATE_LIMITED_METRIC,
+            "reason" => bucket.kind.label(),
+            "dry_run" => if self.dry_run { "true" } else { "false" },
+        )
+        .increment(1);
+        if self.dry_run {
+            tracing::debug!(
+                reason = bucket.kind.label(),
+                "rate limit exceeded (dry run)"
+            );
+            Ok(())
+        } else {
+            Err(limited)
+        }
+    }
+
+    fn sweep_now_and_then(&self) {
+        if self.checks.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
+            for bucket in [&self.ip, &self.user].into_iter().flatten() {
+                bucket.limiter.retain_recent();
+                bucket.limiter.shrink_to_fit();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(dry_run: bool) -> RateLimits {
+        RateLimits::new(&RateLimitSettings {
+            dry_run,
+            ip_per_second: 0.001,
+            ip_burst: 2,
+            user_per_second: 0.0,
+            user_burst: 0,
+            trusted_proxy_hops: 0,
+        })
+    }
+
+    #[test]
+    fn the_request_after_the_burst_is_refused_with_a_wait() {
+        let limits = limits(false);
+
+        assert!(limits.check_ip("a").is_ok());
+        assert!(limits.check_ip("a").is_ok());
+        let refused = limits.check_ip("a").unwrap_err();
+
+        assert_eq!(refused.kind, LimitKind::Ip);
+        assert_eq!(refused.burst, 2);
+        assert!(refused.retry_after_secs >= 1);
+        assert!(limits.check_ip("b").is_ok(), "keys have their own buckets");
+    }
+
+    #[test]
+    fn dry_run_never_refuses_and_a_zero_rate_is_off() {
+        let limits = limits(true);
+
+        for _ in 0..5 {
+            assert!(limits.check_ip("a").is_ok());
+            assert!(limits.check_user("u").is_ok());
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! Rate limits: per client IP before auth, per user after auth, dry-run, proxies.
+
+use std::sync::Arc;
+
+use analytics_service::clock::SystemClock;
+use analytics_service::settings::Settings;
+use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+use serde_json::{Value, json};
+
+use crate::helpers::{Backend, TestApp};
+
+const PATH: &str = "/api/analytics/log_raw_metric";
+
+fn body() -> Value {
+    json!({"metric_name": "m", "metric_value": 1, "data_string": "d"})
+}
+
+/// Limits that refill so slowly (one token per 1000 s) that no token comes back mid-test.
+fn ip_limit(burst: u32) -> impl FnOnce(&mut Settings) {
+    move |s| {
+        s.rate_limit.ip_per_second = 0.001;
+        s.rate_limit.ip_burst = burst;
+        s.rate_limit.user_per_second = 0.0;
+    }
+}
+
+async fn assert_rate_limited(response: reqwest::Response, burst: u32) {
+    assert_eq!(response.status(), 429);
+    let headers = response.headers().clone();
+    let retry_after: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!(retry_after >= 1);
+    assert_eq!(headers["ratelimit-limit"], burst.to_string().as_str());
+    assert_eq!(headers["ratelimit-remaining"], "0");
+    assert_eq!(headers["ratelimit-reset"], retry_after.to_string().as_str());
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(
+        body,
+        json!({"detail": format!("Too many requests: retry in {retry_after} seconds")})
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_request_over_the_ip_burst_gets_429_with_retry_after() {
+    let app = TestApp::spawn_with(Backend::Sqlite, ip_limit(3)).await;
+    let token = app.token("user-ip");
+    for i in 0..3 {
+        let response = app.post_json(PATH, &body(), Some(&token)).await;
+        assert_eq!(response.status(), 200, "request {i} is within the burst");
+    }
+
+    let over = app.post_json(PATH, &body(), Some(&token)).await;
+    // Before auth: a request without a token is refused by the IP limit too.
+    let anonymous = app.post_json(PATH, &body(), None).await;
+    let probe = app.client.get(app.url("/healthz")).send().await.unwrap();
+
+    assert_rate_limited(over, 3).await;
+    assert_eq!(anonymous.status(), 429);
+    assert_eq!(probe.status(), 200, "probes are never rate limited");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_request_over_the_user_burst_gets_429_and_other_users_are_unaffected() {
+    let app = TestApp::spawn_with(Backend::Sqlite, |s| {
+        s.rate_limit.ip_per_second = 0.0;
+        s.rate_limit.user_per_second = 0.001;
+        s.rate_limit.user_burst = 2;
+    })
+    .await;
+    let alice = app.token("alice");
+    let bob = app.token("bob");
+    for _ in 0..2 {
+        assert_eq!(
+            app.post_json(PATH, &body(), Some(&alice)).await.status(),
+            200
+        );
+    }
+
+    let over = app.post_json(PATH, &body(), Some(&alice)).await;
+    let other_route = app
+        .post_json(
+            "/api/analytics/log_raw_analytics",
+            &json!({"type": "t", "data": {}, "data_index": "i"}),
+            Some(&alice),
+        )
+        .await;
+    let other_user = app.post_json(PATH, &body(), Some(&bob)).await;
+
+    assert_rate_limited(over, 2).await;
+    assert_eq!(
+        other_route.status(),
+        429,
+        "the bucket is per user, not per route"
+    );
+    assert_eq!(other_user.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_trusted_proxy_the_forwarded_client_ip_is_limited() {
+    let app = TestApp::spawn_with(Backend::Sqlite, |s| {
+        ip_limit(1)(s);
+        s.rate_limit.trusted_proxy_hops = 1;
+    })
+    .await;
+    let token = app.token("user-proxy");
+    let send = |xff: &'static str| {
+        app.client
+            .post(app.url(PATH))
+            .bearer_auth(&token)
+            .header("x-forwarded-for", xff)
+            .json(&body())
+            .send()
+    };
+
+    let first = send("198.51.100.1").await.unwrap();
+    let second_client = send("198.51.100.2").await.unwrap();
+    // A spoofed left-most entry does not help: the proxy's entry is the last one.
+    let spoofed = send("203.0.113.9, 198.51.100.1").await.unwrap();
+
+    assert_eq!(first.status(), 200);
+    assert_eq!(second_client.status(), 200);
+    assert_eq!(spoofed.status(), 429);
+}
+
+type Snapshot = Vec<(
+    metrics_util::CompositeKey,
+    Option<metrics::Unit>,
+    Option<metrics::SharedString>,
+    DebugValue,
+)>;
+
+fn rate_limited_count(snapshot: &Snapshot, reason: &str, dry_run: &str) -> u64 {
+    snapshot
+        .iter()
+        .filter(|(key, ..)| {
+            let key = key.key();
+            key.name() == "analytics_rate_limited_total"
+                && key
+                    .labels()
+                    .any(|l| l.key() == "reason" && l.value() == reason)
+                && key
+                    .labels()
+                    .any(|l| l.key() == "dry_run" && l.value() == dry_run)
+        })
+        .map(|(.., value)| match value {
+            DebugValue::Counter(n) => *n,
+            other => panic!("a counter, not {other:?}"),
+        })
+        .sum()
+}
+
+// A plain test with its own current-thread runtime, so that the thread-local metrics
+// recorder sees everything the server does (the process-wide recorder belongs to /metrics).
+#[test]
+fn dry_run_lets_every_request_through_and_counts_the_would_be_refusals() {
+    let recorder = DebuggingRecorder::new();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+
+    metrics::with_local_recorder(&recorder, || {
+        runtime.block_on(async {
+            let app = TestApp::spawn_full(
+                Backend::Sqlite,
+                |s| {
+                    ip_limit(2)(s);
+                    s.rate_limit.user_per_second = 0.001;
+                    s.rate_limit.user_burst = 1;
+                    s.rate_limit.dry_run = true;
+                },
+                Arc::new(SystemClock),
+            )
+            .await;
+            let token = app.token("user-dry");
+            for i in 0..5 {
+                let response = app.post_json(PATH, &body(), Some(&token)).await;
+                assert_eq!(response.status(), 200, "request {i} passes in dry-run mode");
+            }
+        })
+    });
+
+    // One snapshot: taking it drains the counters.
+    let snapshot = recorder.snapshotter().snapshot().into_vec();
+    assert_eq!(rate_limited_count(&snapshot, "ip", "true"), 3);
+    assert_eq!(rate_limited_count(&snapshot, "user", "true"), 4);
+}

@@ -4,8 +4,13 @@ use serde_json::{Map, Value};
 
 use super::{
     FieldError, Location, body_object, fields, input_of, pyjson, strip_control_chars,
-    strip_control_chars_in_json,
+    strip_control_chars_in_map,
 };
+
+/// Most UTF-8 bytes in `type` and in `data_index`. Both are keys of PostgreSQL's b-tree index
+/// `"AnalyticsDetails_userId_type_dataIndex_idx"`, which refuses an entry over 2704 bytes (a
+/// 500 in the original); two fields of 1000 bytes plus a user id stay under it.
+pub const MAX_INDEXED_BYTES: usize = 1000;
 
 /// An analytics event that passed validation, control characters already stripped.
 #[derive(Debug, Clone, PartialEq)]
@@ -23,21 +28,35 @@ impl NewAnalyticsEvent {
     pub fn parse(body: &Value) -> Result<Self, Vec<FieldError>> {
         let object = body_object(body, "LogRawAnalyticsRequest")?;
         let mut errors = Vec::new();
-        let event_type = fields::string(object, "type", 0, &mut errors);
+        let event_type = indexed_string(object, "type", &mut errors);
         let data = dict(object, "data", &mut errors);
-        let data_index = fields::string(object, "data_index", 0, &mut errors);
+        let data_index = indexed_string(object, "data_index", &mut errors);
         match (event_type, data, data_index) {
             (Some(event_type), Some(data), Some(data_index)) => Ok(NewAnalyticsEvent {
                 event_type: strip_control_chars(event_type),
-                data: match strip_control_chars_in_json(Value::Object(data.clone())) {
-                    Value::Object(clean) => clean,
-                    _ => unreachable!("stripping keeps an object an object"),
-                },
+                data: strip_control_chars_in_map(data),
                 data_index: strip_control_chars(data_index),
             }),
             _ => Err(errors),
         }
     }
+}
+
+fn indexed_string<'a>(
+    object: &'a Map<String, Value>,
+    field: &str,
+    errors: &mut Vec<FieldError>,
+) -> Option<&'a str> {
+    let value = fields::string(object, field, 0, errors)?;
+    if value.len() > MAX_INDEXED_BYTES {
+        errors.push(FieldError::string_too_long_bytes(
+            field,
+            &object[field],
+            MAX_INDEXED_BYTES,
+        ));
+        return None;
+    }
+    Some(value)
 }
 
 fn dict<'a>(
@@ -104,6 +123,21 @@ mod tests {
         let body = json!({"type": "", "data": {"a": 1}, "data_index": "", "extra": true});
 
         assert!(NewAnalyticsEvent::parse(&body).is_ok());
+    }
+
+    #[test]
+    fn type_and_index_longer_than_the_index_allows_are_refused() {
+        let long = "é".repeat(MAX_INDEXED_BYTES / 2 + 1);
+        let body = json!({"type": long, "data": {}, "data_index": "x".repeat(MAX_INDEXED_BYTES)});
+
+        let errors = NewAnalyticsEvent::parse(&body).unwrap_err();
+
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].kind, "string_too_long");
+        assert_eq!(
+            errors[0].msg,
+            "String should have at most 1000 bytes (UTF-8)"
+        );
     }
 
     #[test]

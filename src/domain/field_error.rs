@@ -62,6 +62,13 @@ impl FieldError {
         )
     }
 
+    /// The string is longer than `max_bytes` bytes of UTF-8.
+    pub fn string_too_long_bytes(field: &str, input: &Value, max_bytes: usize) -> Self {
+        let msg = format!("String should have at most {max_bytes} bytes (UTF-8)");
+        Self::at(field, "string_too_long", &msg, input.clone())
+            .with_ctx(json!({ "max_length": max_bytes }))
+    }
+
     /// The value is not a string.
     pub fn string_type(field: &str, input: &Value) -> Self {
         Self::at(

@@ -16,20 +16,24 @@ pub fn strip_control_chars(text: &str) -> String {
     }
 }
 
-/// The same stripping applied to every string in `value`, object keys included.
-pub fn strip_control_chars_in_json(value: Value) -> Value {
+/// A copy of `value` with the same stripping applied to every string, object keys included.
+/// (Built straight from the borrowed body, so the data is copied once.)
+pub fn strip_control_chars_in_json(value: &Value) -> Value {
     match value {
-        Value::String(s) => Value::String(strip_control_chars(&s)),
+        Value::String(s) => Value::String(strip_control_chars(s)),
         Value::Array(items) => {
-            Value::Array(items.into_iter().map(strip_control_chars_in_json).collect())
+            Value::Array(items.iter().map(strip_control_chars_in_json).collect())
         }
-        Value::Object(map) => Value::Object(
-            map.into_iter()
-                .map(|(k, v)| (strip_control_chars(&k), strip_control_chars_in_json(v)))
-                .collect::<Map<_, _>>(),
-        ),
-        other => other,
+        Value::Object(map) => Value::Object(strip_control_chars_in_map(map)),
+        other => other.clone(),
     }
+}
+
+/// [`strip_control_chars_in_json`] for an object.
+pub fn strip_control_chars_in_map(map: &Map<String, Value>) -> Map<String, Value> {
+    map.iter()
+        .map(|(k, v)| (strip_control_chars(k), strip_control_chars_in_json(v)))
+        .collect()
 }
 
 #[cfg(test)]
@@ -49,7 +53,7 @@ mod tests {
     fn strips_inside_nested_values_and_keys() {
         let dirty = json!({"k\u{0}ey": ["x\u{1}", {"n\u{8}": "v\u{b}"}], "n": 1});
 
-        let clean = strip_control_chars_in_json(dirty);
+        let clean = strip_control_chars_in_json(&dirty);
 
         assert_eq!(clean, json!({"key": ["x", {"n": "v"}], "n": 1}));
     }

@@ -1,15 +1,16 @@
 //! `POST /api/alerts/discord` for backend jobs, and the storage watch that turns lasting
 //! storage failures into a platform alert.
 
+use axum::Json;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::{Json, Router};
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::json::JsonBody;
 use crate::alerts::{Alert, AlertError, DiscordChannel};
@@ -24,11 +25,29 @@ const API_KEY_HEADER: &str = "x-api-key";
 const MAX_CONTENT_CHARS: usize = 20_000;
 
 /// The alerts route.
-pub fn routes() -> Router<AppState> {
-    Router::new().route("/api/alerts/discord", post(send_discord_alert))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(send_discord_alert))
 }
 
 /// Sends a Discord alert for an admin or a holder of the alerts API key.
+#[utoipa::path(
+    post,
+    path = "/api/alerts/discord",
+    operation_id = "postAlertsDiscord",
+    tag = "alerts",
+    request_body = super::openapi::AlertRequest,
+    security(("bearerAuth" = []), ("apiKey" = [])),
+    responses(
+        (status = 200, description = "Sent, or suppressed as a duplicate", body = super::openapi::AlertSent),
+        (status = 401, description = "No or wrong credentials", body = super::openapi::Detail),
+        (status = 403, description = "A valid JWT that is not an admin's", body = super::openapi::Detail),
+        (status = 413, description = "Body over the limit", body = super::openapi::Detail),
+        (status = 422, description = "Blank content or an unknown channel", body = super::openapi::ValidationErrorBody),
+        (status = 429, description = "A rate limit applies", body = super::openapi::Detail),
+        (status = 502, description = "Discord refused", body = super::openapi::AlertFailure),
+        (status = 503, description = "Not configured, Discord unreachable or rate-limiting", body = super::openapi::AlertFailure),
+    ),
+)]
 #[tracing::instrument(name = "send_discord_alert", skip_all)]
 pub async fn send_discord_alert(
     State(state): State<AppState>,

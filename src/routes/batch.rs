@@ -2,10 +2,11 @@
 //! for clients that buffer. Valid items are stored in one transaction; the answer lists one
 //! result per item, in order.
 
+use axum::Json;
 use axum::extract::State;
-use axum::routing::post;
-use axum::{Json, Router};
 use serde::Serialize;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::analytics::{ANALYTICS_HINT, METRIC_HINT};
 use super::json::JsonBody;
@@ -26,16 +27,10 @@ pub enum ItemResult {
 }
 
 /// The batch routes, with their own (larger) body limit.
-pub fn routes(body_limit: usize) -> Router<AppState> {
-    Router::new()
-        .route(
-            "/api/analytics/log_raw_metric/batch",
-            post(log_raw_metric_batch),
-        )
-        .route(
-            "/api/analytics/log_raw_analytics/batch",
-            post(log_raw_analytics_batch),
-        )
+pub fn routes(body_limit: usize) -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(log_raw_metric_batch))
+        .routes(routes!(log_raw_analytics_batch))
         .layer(crate::edge::limits::body_limit(body_limit))
 }
 
@@ -61,6 +56,18 @@ fn plan<T, R>(
 }
 
 /// Stores the valid metrics of a batch in one transaction.
+#[utoipa::path(
+    post,
+    path = "/api/analytics/log_raw_metric/batch",
+    operation_id = "postAnalyticsLogRawMetricBatch",
+    tag = "analytics",
+    request_body(content = Vec<super::openapi::LogRawMetricRequest>, description = "1 to `ingest.batch_max_items` metric bodies"),
+    security(("bearerAuth" = [])),
+    responses(
+        (status = 200, description = "One result per item, in order", body = Vec<super::openapi::BatchItemResult>),
+        super::openapi::ErrorResponses,
+    ),
+)]
 #[tracing::instrument(name = "log_raw_metric_batch", skip_all)]
 pub async fn log_raw_metric_batch(
     State(state): State<AppState>,
@@ -86,6 +93,18 @@ pub async fn log_raw_metric_batch(
 }
 
 /// Stores the valid events of a batch in one transaction.
+#[utoipa::path(
+    post,
+    path = "/api/analytics/log_raw_analytics/batch",
+    operation_id = "postAnalyticsLogRawAnalyticsBatch",
+    tag = "analytics",
+    request_body(content = Vec<super::openapi::LogRawAnalyticsRequest>, description = "1 to `ingest.batch_max_items` event bodies"),
+    security(("bearerAuth" = [])),
+    responses(
+        (status = 200, description = "One result per item, in order", body = Vec<super::openapi::BatchItemResult>),
+        super::openapi::ErrorResponses,
+    ),
+)]
 #[tracing::instrument(name = "log_raw_analytics_batch", skip_all)]
 pub async fn log_raw_analytics_batch(
     State(state): State<AppState>,

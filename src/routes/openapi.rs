@@ -15,6 +15,8 @@ use crate::state::AppState;
 
 /// Name of the bearer scheme operations refer to in `security(("bearerAuth" = []))`.
 pub const BEARER: &str = "bearerAuth";
+/// Name of the alerts API-key scheme (`X-API-Key`).
+pub const API_KEY: &str = "apiKey";
 /// Where the spec is served.
 pub const SPEC_PATH: &str = "/openapi.json";
 /// Where the docs page is served.
@@ -28,7 +30,7 @@ pub const DOCS_PATH: &str = "/docs";
         description = "Analytics ingestion for the AutoGPT platform, drop-in for the Python original.",
         license(name = "MIT", identifier = "MIT"),
     ),
-    paths(openapi_json, docs_page),
+    paths(openapi_json, docs_page, metrics_text),
     components(schemas(
         LogRawMetricRequest,
         LogRawAnalyticsRequest,
@@ -38,11 +40,16 @@ pub const DOCS_PATH: &str = "/docs";
         StorageErrorBody,
         StorageErrorDetail,
         Status,
+        BatchItemResult,
+        AlertRequest,
+        AlertSent,
+        AlertFailure,
     )),
     modifiers(&BearerScheme),
     tags(
         (name = "analytics", description = "Event ingestion"),
         (name = "health", description = "Probes"),
+        (name = "alerts", description = "Discord alerts for backend jobs"),
         (name = "docs", description = "This document and its page"),
     ),
 )]
@@ -65,6 +72,15 @@ impl Modify for BearerScheme {
                     .build(),
             ),
         );
+        components.add_security_scheme(
+            API_KEY,
+            SecurityScheme::ApiKey(utoipa::openapi::security::ApiKey::Header(
+                utoipa::openapi::security::ApiKeyValue::with_description(
+                    "X-API-Key",
+                    "`ALERTS_API_KEY`, for backend jobs sending alerts",
+                ),
+            )),
+        );
     }
 }
 
@@ -83,6 +99,17 @@ pub fn routes(spec: utoipa::openapi::OpenApi) -> Router<AppState> {
 )]
 #[allow(dead_code)]
 fn openapi_json() {}
+
+/// Prometheus metrics, text format (on `metrics.admin_port` instead, when that is set).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "getMetrics",
+    tag = "health",
+    responses((status = 200, description = "Prometheus text format 0.0.4", content_type = "text/plain", body = String)),
+)]
+#[allow(dead_code)]
+fn metrics_text() {}
 
 /// The interactive docs page (Swagger UI, served from built-in assets).
 #[utoipa::path(
@@ -252,4 +279,48 @@ pub enum ErrorResponses {
     /// The database is unavailable or the request timed out; retry.
     #[response(status = 503, headers(("Retry-After" = u64, description = "Seconds to wait")))]
     Unavailable(StorageErrorBody),
+}
+
+/// One item's outcome in a batch answer: `{"id": "…"}` when stored, else `{"error": […]}`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct BatchItemResult {
+    /// The stored row's id.
+    id: Option<String>,
+    /// Why the item was refused (the 422 error objects, `loc` with the item's index).
+    error: Option<Vec<FieldErrorBody>>,
+}
+
+/// Body of `POST /api/alerts/discord`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct AlertRequest {
+    /// The alert text (not blank); over 2000 characters it goes out as several messages.
+    #[schema(min_length = 1, max_length = 20000)]
+    content: String,
+    /// `platform` (default) or `product`.
+    #[schema(pattern = "^(platform|product)$")]
+    channel: Option<String>,
+}
+
+/// 200 of the alerts endpoint.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct AlertSent {
+    /// `Message sent`, or `Suppressed duplicate` (then the other fields are absent).
+    status: String,
+    /// The Discord channel id.
+    channel_id: Option<String>,
+    /// The Discord message ids, one per part.
+    message_ids: Option<Vec<String>>,
+}
+
+/// 502/503 of the alerts endpoint: `{"detail": {"status": "…", "code"?, "message"?}}`, or
+/// `{"detail": "Discord alerts are not configured"}`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct AlertFailure {
+    /// What Discord or the client reported.
+    #[schema(value_type = Value)]
+    detail: Value,
 }

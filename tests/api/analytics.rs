@@ -109,7 +109,33 @@ async fn an_admin_can_store_on_behalf_of_another_user(app: TestApp) {
     );
 }
 
+async fn an_index_key_too_long_for_the_database_index_is_a_422_not_a_500(app: TestApp) {
+    let token = app.token("user-7");
+    // Pseudo-random letters: PostgreSQL cannot compress them under its index-entry limit.
+    let mut seed = 12345u64;
+    let random: String = (0..3000)
+        .map(|_| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            char::from(b'a' + (seed >> 59) as u8 % 26)
+        })
+        .collect();
+    let long = json!({"type": "t", "data": {}, "data_index": random});
+    let at_limit = json!({"type": "t", "data": {}, "data_index": &random[..1000]});
+
+    let refused = app.post_json(PATH, &long, Some(&token)).await;
+    let accepted = app.post_json(PATH, &at_limit, Some(&token)).await;
+
+    assert_eq!(refused.status(), 422);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["detail"][0]["type"], "string_too_long");
+    assert_eq!(body["detail"][0]["loc"], json!(["body", "data_index"]));
+    assert_eq!(accepted.status(), 200);
+}
+
 on_both_backends!(
+    an_index_key_too_long_for_the_database_index_is_a_422_not_a_500,
     the_frontend_body_is_stored_as_the_original_stores_it,
     nested_data_round_trips,
     control_characters_in_data_are_stripped_also_from_keys,

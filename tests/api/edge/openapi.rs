@@ -11,6 +11,10 @@ use crate::helpers::{Backend, TestApp};
 const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/analytics/log_raw_metric"),
     ("post", "/api/analytics/log_raw_analytics"),
+    ("post", "/api/analytics/log_raw_metric/batch"),
+    ("post", "/api/analytics/log_raw_analytics/batch"),
+    ("post", "/api/alerts/discord"),
+    ("get", "/metrics"),
     ("get", "/healthz"),
     ("get", "/readyz"),
     ("get", "/openapi.json"),

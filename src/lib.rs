@@ -5,6 +5,7 @@ pub mod cli;
 pub mod clock;
 pub mod domain;
 pub mod error;
+pub mod idempotency;
 pub mod routes;
 pub mod settings;
 pub mod startup;

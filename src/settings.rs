@@ -90,6 +90,8 @@ pub struct Settings {
     pub sentry: SentrySettings,
     /// Discord alerts.
     pub discord: DiscordSettings,
+    /// `Idempotency-Key` handling.
+    pub idempotency: IdempotencySettings,
 }
 
 /// Where and how the HTTP server listens.
@@ -135,6 +137,13 @@ pub struct AuthSettings {
     pub jwt_sign_algorithm: String,
     /// Refuse tokens without `exp` (`JWT_REQUIRE_EXP`).
     pub require_exp: bool,
+}
+
+/// `Idempotency-Key` handling on the analytics endpoints.
+#[derive(Debug, Clone, Deserialize)]
+pub struct IdempotencySettings {
+    /// How long a key is remembered; afterwards the same key stores a new row.
+    pub retention_secs: u64,
 }
 
 /// Log output format.
@@ -270,6 +279,9 @@ impl Settings {
         }
         if self.server.body_limit_bytes == 0 {
             return invalid("server.body_limit_bytes must be at least 1");
+        }
+        if self.idempotency.retention_secs == 0 {
+            return invalid("idempotency.retention_secs must be at least 1");
         }
         Ok(())
     }

@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 
 use crate::auth::Authenticator;
 use crate::clock::{Clock, SystemClock};
+use crate::idempotency::Idempotency;
 use crate::routes::{RouterLimits, router};
 use crate::settings::Settings;
 use crate::state::AppState;
@@ -21,6 +22,7 @@ pub struct Application {
     router: axum::Router,
     store: Arc<dyn Store>,
     shutdown_timeout: Duration,
+    idempotency: Idempotency,
 }
 
 impl Application {
@@ -37,7 +39,12 @@ impl Application {
         let store = store::connect(&settings.database)
             .await
             .context("database not usable")?;
+        let idempotency = Idempotency {
+            retention: Duration::from_secs(settings.idempotency.retention_secs),
+            clock: clock.clone(),
+        };
         let state = AppState {
+            idempotency: idempotency.clone(),
             store: store.clone(),
             authenticator: Arc::new(Authenticator::new(&settings.auth)),
             clock,
@@ -55,6 +62,7 @@ impl Application {
             router: router(state, limits),
             store,
             shutdown_timeout: Duration::from_secs(settings.server.shutdown_timeout_secs),
+            idempotency,
         })
     }
 
@@ -77,6 +85,7 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         tracing::info!(address = %self.local_addr(), "analytics-service listening");
+        let pruner = self.idempotency.spawn_pruner(self.store.clone());
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
         let server = axum::serve(self.listener, self.router).with_graceful_shutdown(async move {
             shutdown.await;
@@ -96,6 +105,7 @@ impl Application {
                 tracing::warn!(timeout = ?self.shutdown_timeout, "in-flight requests did not finish in time");
             }
         }
+        pruner.abort();
         self.store.close().await;
         tracing::info!("analytics-service stopped");
         Ok(())

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use crate::auth::Authenticator;
 use crate::clock::Clock;
+use crate::idempotency::Idempotency;
 use crate::store::Store;
 
 /// Shared, cheaply cloned handler state.
@@ -17,4 +18,6 @@ pub struct AppState {
     pub clock: Arc<dyn Clock>,
     /// Largest accepted request body, in bytes (named in the 413).
     pub body_limit: usize,
+    /// `Idempotency-Key` handling: retention and clock.
+    pub idempotency: Idempotency,
 }

@@ -8,6 +8,7 @@ use super::json::JsonBody;
 use crate::auth::Caller;
 use crate::domain::{NewAnalyticsEvent, NewMetric};
 use crate::error::ApiError;
+use crate::idempotency::IdempotencyHeader;
 use crate::state::AppState;
 use crate::store::{EventRow, MetricRow};
 
@@ -31,11 +32,18 @@ pub fn routes() -> Router<AppState> {
 pub async fn log_raw_metric(
     State(state): State<AppState>,
     caller: Result<Caller, ApiError>,
+    idempotency_key: IdempotencyHeader,
     body: JsonBody,
 ) -> Result<Json<String>, ApiError> {
     let caller = caller?;
     let metric = NewMetric::parse(&body.value).map_err(|errors| body.invalid(errors))?;
     let row = MetricRow::new(state.clock.now(), caller.user_id, metric);
+    let keyed = state
+        .idempotency
+        .store_metric(state.store.as_ref(), &idempotency_key, &body, &row);
+    if let Some(id) = keyed.await.map_err(|e| e.into_api_error(METRIC_HINT))? {
+        return Ok(Json(id));
+    }
     state
         .store
         .insert_metrics(std::slice::from_ref(&row))
@@ -49,11 +57,18 @@ pub async fn log_raw_metric(
 pub async fn log_raw_analytics(
     State(state): State<AppState>,
     caller: Result<Caller, ApiError>,
+    idempotency_key: IdempotencyHeader,
     body: JsonBody,
 ) -> Result<Json<String>, ApiError> {
     let caller = caller?;
     let event = NewAnalyticsEvent::parse(&body.value).map_err(|errors| body.invalid(errors))?;
     let row = EventRow::new(state.clock.now(), caller.user_id, event);
+    let keyed = state
+        .idempotency
+        .store_event(state.store.as_ref(), &idempotency_key, &body, &row);
+    if let Some(id) = keyed.await.map_err(|e| e.into_api_error(ANALYTICS_HINT))? {
+        return Ok(Json(id));
+    }
     state
         .store
         .insert_events(std::slice::from_ref(&row))

@@ -5,5 +5,6 @@ mod helpers;
 mod analytics;
 mod auth;
 mod http_errors;
+mod idempotency;
 mod lifecycle;
 mod metrics;

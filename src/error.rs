@@ -69,6 +69,14 @@ impl IntoResponse for ApiError {
             ApiError::Auth(err @ AuthError::ImpersonationForbidden) => {
                 detail(StatusCode::FORBIDDEN, err.to_string())
             }
+            ApiError::Auth(err @ AuthError::KeysUnavailable) => {
+                let mut response = detail(StatusCode::SERVICE_UNAVAILABLE, err.to_string());
+                response.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(STORAGE_RETRY_AFTER_SECS),
+                );
+                response
+            }
             ApiError::Auth(err) => {
                 let mut response = detail(StatusCode::UNAUTHORIZED, err.to_string());
                 response

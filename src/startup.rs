@@ -39,6 +39,8 @@ impl Application {
         let store = store::connect(&settings.database)
             .await
             .context("database not usable")?;
+        let authenticator = Arc::new(Authenticator::new(&settings.auth));
+        authenticator.prefetch_keys().await;
         let idempotency = Idempotency {
             retention: Duration::from_secs(settings.idempotency.retention_secs),
             clock: clock.clone(),
@@ -46,7 +48,7 @@ impl Application {
         let state = AppState {
             idempotency: idempotency.clone(),
             store: store.clone(),
-            authenticator: Arc::new(Authenticator::new(&settings.auth)),
+            authenticator,
             clock,
             body_limit: settings.server.body_limit_bytes,
         };

@@ -6,5 +6,6 @@ mod analytics;
 mod auth;
 mod http_errors;
 mod idempotency;
+mod jwks;
 mod lifecycle;
 mod metrics;

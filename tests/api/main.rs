@@ -9,3 +9,4 @@ mod idempotency;
 mod jwks;
 mod lifecycle;
 mod metrics;
+mod properties;

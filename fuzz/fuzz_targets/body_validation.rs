@@ -12,7 +12,7 @@ use libfuzzer_sys::fuzz_target;
 fn clean(text: &str) -> bool {
     !text
         .chars()
-        .any(|c| (c.is_control() && !matches!(c, '\t' | '\n' | '\r') && (c as u32) < 0x80))
+        .any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r') && (c as u32) < 0x80)
 }
 
 fuzz_target!(|data: &[u8]| {

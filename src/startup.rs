@@ -46,11 +46,11 @@ impl Application {
             clock: clock.clone(),
         };
         let state = AppState {
-            idempotency: idempotency.clone(),
             store: store.clone(),
             authenticator,
             clock,
             body_limit: settings.server.body_limit_bytes,
+            idempotency: idempotency.clone(),
         };
         let limits = RouterLimits {
             request_timeout: Duration::from_secs(settings.server.request_timeout_secs),

@@ -69,7 +69,10 @@ pub enum AuthError {
     ImpersonationForbidden,
     /// The JWKS could not be fetched and the token's key is not cached (a retry helps).
     #[error("Signing keys are unavailable; retry later")]
-    KeysUnavailable,
+    KeysUnavailable {
+        /// Seconds until the next fetch is allowed (`Retry-After`).
+        retry_after_secs: u64,
+    },
 }
 
 #[derive(Debug, Deserialize)]

@@ -69,11 +69,11 @@ impl IntoResponse for ApiError {
             ApiError::Auth(err @ AuthError::ImpersonationForbidden) => {
                 detail(StatusCode::FORBIDDEN, err.to_string())
             }
-            ApiError::Auth(err @ AuthError::KeysUnavailable) => {
+            ApiError::Auth(err @ AuthError::KeysUnavailable { retry_after_secs }) => {
                 let mut response = detail(StatusCode::SERVICE_UNAVAILABLE, err.to_string());
                 response.headers_mut().insert(
                     header::RETRY_AFTER,
-                    HeaderValue::from(STORAGE_RETRY_AFTER_SECS),
+                    HeaderValue::from(retry_after_secs.max(1)),
                 );
                 response
             }

@@ -146,18 +146,24 @@ impl JwksCache {
             *last_refresh = Some(Instant::now());
             self.refresh().await;
         }
+        let next_fetch_in = last_refresh.map_or(Duration::ZERO, |t| {
+            self.min_refresh.saturating_sub(t.elapsed())
+        });
         drop(last_refresh);
-        self.cached(kid).ok_or_else(|| self.unknown(kid))
+        self.cached(kid)
+            .ok_or_else(|| self.unknown(kid, next_fetch_in))
     }
 
-    fn unknown(&self, kid: &str) -> AuthError {
+    fn unknown(&self, kid: &str, next_fetch_in: Duration) -> AuthError {
         let failed = self
             .cached
             .read()
             .expect("the key cache lock is never poisoned")
             .last_fetch_failed;
         if failed {
-            AuthError::KeysUnavailable
+            AuthError::KeysUnavailable {
+                retry_after_secs: next_fetch_in.as_secs_f64().ceil() as u64,
+            }
         } else {
             AuthError::Invalid(format!(
                 "Unable to find a signing key that matches: {kid:?}"

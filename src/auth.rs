@@ -1,5 +1,10 @@
 //! Bearer JWTs as `autogpt_libs.auth` verifies them: one HMAC algorithm, audience
-//! `authenticated`, `sub` as the user id, `role == "admin"` for admins.
+//! `authenticated`, `sub` as the user id, `role == "admin"` for admins. With
+//! `JWT_JWKS_URL`, asymmetric tokens (ES256, RS256, EdDSA, …) are verified against the key
+//! set too (see `jwks`); a token's `alg` picks the key kind, so an HMAC token is only ever
+//! checked with the configured secret and never with a public key.
+
+pub mod jwks;
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -8,12 +13,27 @@ use axum::extract::FromRequestParts;
 use axum::http::HeaderMap;
 use axum::http::request::Parts;
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
 use crate::settings::AuthSettings;
 use crate::state::AppState;
+
+use self::jwks::JwksCache;
+
+/// Asymmetric algorithms accepted from the JWKS (the key's own `alg` narrows further).
+const ASYMMETRIC: &[Algorithm] = &[
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+    Algorithm::EdDSA,
+];
 
 /// The audience every accepted token must carry.
 pub const AUDIENCE: &str = "authenticated";
@@ -47,6 +67,12 @@ pub enum AuthError {
     /// `X-Act-As-User-Id` from someone who is not an admin.
     #[error("Only admin users can impersonate other users")]
     ImpersonationForbidden,
+    /// The JWKS could not be fetched and the token's key is not cached (a retry helps).
+    #[error("Signing keys are unavailable; retry later")]
+    KeysUnavailable {
+        /// Seconds until the next fetch is allowed (`Retry-After`).
+        retry_after_secs: u64,
+    },
 }
 
 #[derive(Debug, Deserialize)]
@@ -59,18 +85,28 @@ struct Claims {
     iat: Option<f64>,
 }
 
-/// Verifies bearer tokens with the configured key; built once at start-up.
+/// Verifies bearer tokens with the configured key and/or key set; built once at start-up.
 pub struct Authenticator {
-    key: DecodingKey,
+    hmac: Option<DecodingKey>,
     validation: Validation,
+    jwks: Option<JwksCache>,
 }
 
 impl std::fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Authenticator")
             .field("algorithms", &self.validation.algorithms)
+            .field("jwks", &self.jwks)
             .finish_non_exhaustive()
     }
+}
+
+/// Which key verifies a token, chosen by its header alone.
+enum KeyRoute {
+    /// The configured HMAC secret.
+    Hmac,
+    /// The JWKS key named `kid`, for asymmetric `alg`.
+    Jwks { kid: String, alg: Algorithm },
 }
 
 fn algorithm(settings: &AuthSettings) -> Algorithm {
@@ -84,12 +120,13 @@ fn algorithm(settings: &AuthSettings) -> Algorithm {
 fn key_bytes(settings: &AuthSettings) -> &[u8] {
     settings
         .key()
-        .expect("settings validation guarantees a JWT key")
+        .expect("mint_token needs the HMAC key: callers check `AuthSettings::key` first")
         .as_bytes()
 }
 
 impl Authenticator {
-    /// A verifier for the settings' key and algorithm (validated settings required).
+    /// A verifier for the settings' key, algorithm and key set (validated settings
+    /// required); the key set is fetched later (`prefetch_keys` or the first token).
     pub fn new(settings: &AuthSettings) -> Self {
         let mut validation = Validation::new(algorithm(settings));
         validation.set_audience(&[AUDIENCE]);
@@ -100,16 +137,115 @@ impl Authenticator {
         } else {
             HashSet::from(["aud".to_owned()])
         };
+        let jwks = settings.jwks_url().map(|url| {
+            JwksCache::new(
+                url,
+                Duration::from_millis(settings.jwks_timeout_ms),
+                Duration::from_secs(settings.jwks_min_refresh_secs),
+                Duration::from_secs(settings.jwks_max_age_secs),
+            )
+        });
         Authenticator {
-            key: DecodingKey::from_secret(key_bytes(settings)),
+            hmac: settings
+                .key()
+                .map(|k| DecodingKey::from_secret(k.as_bytes())),
             validation,
+            jwks,
         }
     }
 
-    /// The caller behind the request's headers, impersonation applied.
+    /// Loads the key set at start-up when one is configured; a failure is only logged.
+    pub async fn prefetch_keys(&self) {
+        if let Some(jwks) = &self.jwks {
+            jwks.prefetch().await;
+        }
+    }
+
+    /// The caller behind the request's headers, impersonation applied. Asymmetric tokens
+    /// are checked against the keys already cached only; `authenticate_async` may fetch.
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, AuthError> {
         let token = bearer_token(headers).ok_or(AuthError::Missing)?;
-        let claims = self.verify(token)?;
+        let claims = match self.route(token)? {
+            KeyRoute::Hmac => self.verify_hmac(token)?,
+            KeyRoute::Jwks { kid, alg } => {
+                let jwks = self
+                    .jwks
+                    .as_ref()
+                    .expect("routed to JWKS only when configured");
+                let key = jwks.cached(&kid).ok_or_else(|| {
+                    AuthError::Invalid(format!(
+                        "Unable to find a signing key that matches: {kid:?}"
+                    ))
+                })?;
+                self.verify_jwks(token, &key, alg)?
+            }
+        };
+        self.caller(headers, claims)
+    }
+
+    /// As `authenticate`, fetching the key set when the token names an unknown `kid`.
+    pub async fn authenticate_async(&self, headers: &HeaderMap) -> Result<Caller, AuthError> {
+        let token = bearer_token(headers).ok_or(AuthError::Missing)?;
+        let claims = match self.route(token)? {
+            KeyRoute::Hmac => self.verify_hmac(token)?,
+            KeyRoute::Jwks { kid, alg } => {
+                let jwks = self
+                    .jwks
+                    .as_ref()
+                    .expect("routed to JWKS only when configured");
+                let key = jwks.key(&kid).await?;
+                self.verify_jwks(token, &key, alg)?
+            }
+        };
+        self.caller(headers, claims)
+    }
+
+    /// Picks the key kind from the token's header: HMAC only with our secret, asymmetric
+    /// only from the key set.
+    fn route(&self, token: &str) -> Result<KeyRoute, AuthError> {
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|e| AuthError::Invalid(reason(e.kind())))?;
+        let not_allowed = || AuthError::Invalid(reason(&ErrorKind::InvalidAlgorithm));
+        if header.alg.family() == AlgorithmFamily::Hmac {
+            return self
+                .hmac
+                .as_ref()
+                .map(|_| KeyRoute::Hmac)
+                .ok_or_else(not_allowed);
+        }
+        if self.jwks.is_none() || !ASYMMETRIC.contains(&header.alg) {
+            return Err(not_allowed());
+        }
+        let kid = header
+            .kid
+            .filter(|k| !k.is_empty())
+            .ok_or_else(|| AuthError::Invalid("Token has no key id (kid)".to_owned()))?;
+        Ok(KeyRoute::Jwks {
+            kid,
+            alg: header.alg,
+        })
+    }
+
+    fn verify_hmac(&self, token: &str) -> Result<Claims, AuthError> {
+        let key = self.hmac.as_ref().expect("routed to HMAC only with a key");
+        self.verify(token, key, &self.validation)
+    }
+
+    fn verify_jwks(
+        &self,
+        token: &str,
+        key: &jwks::JwksKey,
+        alg: Algorithm,
+    ) -> Result<Claims, AuthError> {
+        if !key.accepts(alg) {
+            return Err(AuthError::Invalid(reason(&ErrorKind::InvalidAlgorithm)));
+        }
+        let mut validation = self.validation.clone();
+        validation.algorithms = vec![alg];
+        self.verify(token, &key.key, &validation)
+    }
+
+    fn caller(&self, headers: &HeaderMap, claims: Claims) -> Result<Caller, AuthError> {
         let user_id = claims
             .sub
             .filter(|s| !s.is_empty())
@@ -137,13 +273,17 @@ impl Authenticator {
         }
     }
 
-    fn verify(&self, token: &str) -> Result<Claims, AuthError> {
-        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(
-            |e| match e.kind() {
+    fn verify(
+        &self,
+        token: &str,
+        key: &DecodingKey,
+        validation: &Validation,
+    ) -> Result<Claims, AuthError> {
+        let data =
+            jsonwebtoken::decode::<Claims>(token, key, validation).map_err(|e| match e.kind() {
                 ErrorKind::ExpiredSignature => AuthError::Expired,
                 kind => AuthError::Invalid(reason(kind)),
-            },
-        )?;
+            })?;
         // jsonwebtoken does not look at `iat`; PyJWT refuses one in the future.
         let now = jsonwebtoken::get_current_timestamp() as f64;
         if data.claims.iat.is_some_and(|iat| iat > now) {
@@ -191,7 +331,8 @@ impl FromRequestParts<AppState> for Caller {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         state
             .authenticator
-            .authenticate(&parts.headers)
+            .authenticate_async(&parts.headers)
+            .await
             .map_err(ApiError::from)
     }
 }
@@ -205,7 +346,8 @@ struct MintedClaims<'a> {
     exp: u64,
 }
 
-/// Signs a token the service accepts, for `analytics-service token` and tests.
+/// Signs a token the service accepts, for `analytics-service token` and tests; needs the
+/// HMAC key (`AuthSettings::key`), which a JWKS-only set-up does not have.
 pub fn mint_token(settings: &AuthSettings, user_id: &str, admin: bool, ttl: Duration) -> String {
     let iat = jsonwebtoken::get_current_timestamp();
     let claims = MintedClaims {

@@ -60,6 +60,10 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
             admin,
             ttl,
         } => {
+            anyhow::ensure!(
+                settings.auth.key().is_some(),
+                "no JWT key to sign with: set JWT_VERIFY_KEY (JWKS keys are public keys)"
+            );
             println!("{}", auth::mint_token(&settings.auth, &user_id, admin, ttl));
             Ok(())
         }

@@ -77,6 +77,14 @@ impl IntoResponse for ApiError {
             ApiError::Auth(err @ AuthError::ImpersonationForbidden) => {
                 detail(StatusCode::FORBIDDEN, err.to_string())
             }
+            ApiError::Auth(err @ AuthError::KeysUnavailable { retry_after_secs }) => {
+                let mut response = detail(StatusCode::SERVICE_UNAVAILABLE, err.to_string());
+                response.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(retry_after_secs.max(1)),
+                );
+                response
+            }
             ApiError::Auth(err) => {
                 let mut response = detail(StatusCode::UNAUTHORIZED, err.to_string());
                 response

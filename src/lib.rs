@@ -7,6 +7,7 @@ pub mod clock;
 pub mod domain;
 pub mod edge;
 pub mod error;
+pub mod idempotency;
 pub mod ingest;
 pub mod routes;
 pub mod server;

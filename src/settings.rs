@@ -27,6 +27,7 @@ const FLAT_NAMES: &[(&str, &str)] = &[
     ("JWT_VERIFY_KEY", "auth.jwt_verify_key"),
     ("JWT_SIGN_ALGORITHM", "auth.jwt_sign_algorithm"),
     ("JWT_REQUIRE_EXP", "auth.require_exp"),
+    ("JWT_JWKS_URL", "auth.jwks_url"),
     ("LOG_FORMAT", "log.format"),
     ("SENTRY_DSN", "sentry.dsn"),
     ("SENTRY_TRACES_SAMPLE_RATE", "sentry.traces_sample_rate"),
@@ -95,6 +96,8 @@ pub struct Settings {
     pub discord: DiscordSettings,
     /// Group commit and batch endpoints.
     pub ingest: IngestSettings,
+    /// `Idempotency-Key` handling.
+    pub idempotency: IdempotencySettings,
     /// Per-IP and per-user rate limits.
     #[serde(default)]
     pub rate_limit: crate::edge::RateLimitSettings,
@@ -184,6 +187,22 @@ pub struct AuthSettings {
     pub jwt_sign_algorithm: String,
     /// Refuse tokens without `exp` (`JWT_REQUIRE_EXP`).
     pub require_exp: bool,
+    /// Key set for asymmetric tokens (`JWT_JWKS_URL`); unset or empty: HMAC only.
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    /// Timeout of one key-set fetch, in milliseconds.
+    pub jwks_timeout_ms: u64,
+    /// Least time between two fetches caused by tokens (unknown `kid`, old keys).
+    pub jwks_min_refresh_secs: u64,
+    /// Keys older than this are fetched again on the next asymmetric token.
+    pub jwks_max_age_secs: u64,
+}
+
+/// `Idempotency-Key` handling on the analytics endpoints.
+#[derive(Debug, Clone, Deserialize)]
+pub struct IdempotencySettings {
+    /// How long a key is remembered; afterwards the same key stores a new row.
+    pub retention_secs: u64,
 }
 
 /// Log output format.
@@ -324,6 +343,35 @@ impl AuthSettings {
             .map(|k| k.expose_secret().trim())
             .filter(|k| !k.is_empty())
     }
+
+    /// The JWKS URL, trimmed, if one is set.
+    pub fn jwks_url(&self) -> Option<&str> {
+        self.jwks_url
+            .as_deref()
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+    }
+
+    /// An `https://` URL, or `http://` to a loopback host (tests, sidecars).
+    fn check_jwks_url(url: &str) -> Result<(), SettingsError> {
+        let refused = || {
+            SettingsError::Invalid(
+                "JWT_JWKS_URL must be an https:// URL (http:// only for localhost)".to_owned(),
+            )
+        };
+        let parsed = url::Url::parse(url).map_err(|_| refused())?;
+        let loopback = match parsed.host() {
+            Some(url::Host::Domain(name)) => name == "localhost",
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            None => false,
+        };
+        match parsed.scheme() {
+            "https" if parsed.host().is_some() => Ok(()),
+            "http" if loopback => Ok(()),
+            _ => Err(refused()),
+        }
+    }
 }
 
 impl Settings {
@@ -335,10 +383,22 @@ impl Settings {
     /// Checks what the types cannot: keys, URL schemes, ranges.
     pub fn validate(&self) -> Result<(), SettingsError> {
         let invalid = |msg: &str| Err(SettingsError::Invalid(msg.to_owned()));
-        let Some(key) = self.auth.key() else {
-            return invalid("no JWT key: set JWT_VERIFY_KEY (or SUPABASE_JWT_SECRET)");
+        if let Some(url) = self.auth.jwks_url() {
+            AuthSettings::check_jwks_url(url)?;
+            if self.auth.jwks_timeout_ms == 0 {
+                return invalid("auth.jwks_timeout_ms must be at least 1");
+            }
+        }
+        let key = match (self.auth.key(), self.auth.jwks_url()) {
+            (Some(key), _) => Some(key),
+            (None, Some(_)) => None,
+            (None, None) => {
+                return invalid(
+                    "no JWT key: set JWT_VERIFY_KEY (or SUPABASE_JWT_SECRET) or JWT_JWKS_URL",
+                );
+            }
         };
-        if self.app_env != AppEnv::Local {
+        if let Some(key) = key.filter(|_| self.app_env != AppEnv::Local) {
             if key == LOCAL_DEV_JWT_KEY {
                 return invalid(
                     "the local development JWT key is refused outside APP_ENV=local: set JWT_VERIFY_KEY",
@@ -378,6 +438,9 @@ impl Settings {
             );
         }
         crate::edge::config::validate(&self.rate_limit, &self.browser)?;
+        if self.idempotency.retention_secs == 0 {
+            return invalid("idempotency.retention_secs must be at least 1");
+        }
         Ok(())
     }
 }
@@ -554,5 +617,35 @@ mod tests {
         assert!(load_with(&[("PORT", "eighty")]).is_err());
         assert!(load_with(&[("SENTRY_TRACES_SAMPLE_RATE", "2")]).is_err());
         assert!(load_with(&[("JWT_SIGN_ALGORITHM", "none")]).is_err());
+    }
+
+    #[test]
+    fn a_jwks_url_makes_the_hmac_key_optional() {
+        let settings = load_with(&[
+            ("APP_ENV", "prod"),
+            (
+                "JWT_JWKS_URL",
+                "https://project.supabase.co/auth/v1/.well-known/jwks.json",
+            ),
+        ])
+        .unwrap();
+
+        assert_eq!(settings.auth.key(), None);
+        assert_eq!(
+            settings.auth.jwks_url(),
+            Some("https://project.supabase.co/auth/v1/.well-known/jwks.json")
+        );
+        assert_eq!(settings.auth.jwks_min_refresh_secs, 60);
+    }
+
+    #[test]
+    fn a_jwks_url_must_be_https_except_on_loopback() {
+        let plain = load_with(&[("JWT_JWKS_URL", "http://keys.example.com/jwks.json")]);
+        let junk = load_with(&[("JWT_JWKS_URL", "not a url")]);
+        let loopback = load_with(&[("JWT_JWKS_URL", "http://127.0.0.1:9999/jwks.json")]);
+
+        assert!(plain.unwrap_err().to_string().contains("https://"));
+        assert!(junk.is_err());
+        assert!(loopback.is_ok());
     }
 }

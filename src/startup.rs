@@ -13,6 +13,7 @@ use crate::alerts::{self, Alerter};
 use crate::auth::Authenticator;
 use crate::clock::{Clock, SystemClock};
 use crate::edge::Edge;
+use crate::idempotency::Idempotency;
 use crate::ingest::{GroupCommit, GroupCommitSettings};
 use crate::routes::{RouterLimits, router};
 use crate::server::ConnectionLimits;
@@ -30,6 +31,7 @@ pub struct Application {
     /// `GET /metrics` on its own port, when `metrics.admin_port` is set.
     admin: Option<(TcpListener, axum::Router)>,
     connection_limits: ConnectionLimits,
+    idempotency: Idempotency,
 }
 
 impl Application {
@@ -59,10 +61,16 @@ impl Application {
             .context("DISCORD_API_BASE_URL is not a URL")?
             .map(Arc::new);
         alerts::install(alerter.clone());
+        let authenticator = Arc::new(Authenticator::new(&settings.auth));
+        authenticator.prefetch_keys().await;
+        let idempotency = Idempotency {
+            retention: Duration::from_secs(settings.idempotency.retention_secs),
+            clock: clock.clone(),
+        };
         let state = AppState {
             store: store.clone(),
             ingest: ingest.clone(),
-            authenticator: Arc::new(Authenticator::new(&settings.auth)),
+            authenticator,
             clock,
             body_limit: settings.server.body_limit_bytes,
             batch_max_items: settings.ingest.batch_max_items,
@@ -70,6 +78,7 @@ impl Application {
             alerts_api_key: Some(settings.discord.alerts_api_key.clone())
                 .filter(|key| !key.expose_secret().trim().is_empty()),
             edge: Arc::new(Edge::new(&settings.rate_limit, &settings.browser)),
+            idempotency: idempotency.clone(),
         };
         let limits = RouterLimits {
             request_timeout: Duration::from_secs(settings.server.request_timeout_secs),
@@ -105,6 +114,7 @@ impl Application {
                 max_connections: settings.server.max_connections,
                 max_header_bytes: settings.server.max_header_bytes,
             },
+            idempotency,
         })
     }
 
@@ -133,6 +143,7 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         tracing::info!(address = %self.local_addr(), "analytics-service listening");
+        let pruner = self.idempotency.spawn_pruner(self.store.clone());
         let admin = self.admin.map(|(listener, router)| {
             tracing::info!(address = ?listener.local_addr(), "metrics listening");
             tokio::spawn(async move { axum::serve(listener, router).await })
@@ -166,6 +177,7 @@ impl Application {
         if let Some(admin) = admin {
             admin.abort();
         }
+        pruner.abort();
         self.store.close().await;
         tracing::info!("analytics-service stopped");
         Ok(())

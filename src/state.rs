@@ -8,6 +8,7 @@ use crate::alerts::Alerter;
 use crate::auth::Authenticator;
 use crate::clock::Clock;
 use crate::edge::Edge;
+use crate::idempotency::Idempotency;
 use crate::ingest::GroupCommit;
 use crate::store::Store;
 
@@ -32,4 +33,6 @@ pub struct AppState {
     pub alerts_api_key: Option<SecretString>,
     /// Rate limits and browser settings.
     pub edge: Arc<Edge>,
+    /// `Idempotency-Key` handling: retention and clock.
+    pub idempotency: Idempotency,
 }

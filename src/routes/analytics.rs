@@ -10,6 +10,7 @@ use crate::auth::Caller;
 use crate::domain::{NewAnalyticsEvent, NewMetric};
 use crate::edge::{admit, beacon};
 use crate::error::ApiError;
+use crate::idempotency::IdempotencyHeader;
 use crate::state::AppState;
 use crate::store::{EventRow, MetricRow};
 
@@ -45,12 +46,19 @@ pub fn routes() -> OpenApiRouter<AppState> {
 pub async fn log_raw_metric(
     State(state): State<AppState>,
     caller: Result<Caller, ApiError>,
+    idempotency_key: IdempotencyHeader,
     body: JsonBody,
 ) -> Result<Json<String>, ApiError> {
     let caller = admit(&state, caller?)?;
     let metric = NewMetric::parse(&body.value).map_err(|errors| body.invalid(errors))?;
     let row = MetricRow::new(state.clock.now(), caller.user_id, metric);
     let id = row.id;
+    let keyed = state
+        .idempotency
+        .store_metric(state.store.as_ref(), &idempotency_key, &body, &row);
+    if let Some(id) = keyed.await.map_err(|e| e.into_api_error(METRIC_HINT))? {
+        return Ok(Json(id));
+    }
     state
         .ingest
         .store_metric(row)
@@ -77,12 +85,19 @@ pub async fn log_raw_metric(
 pub async fn log_raw_analytics(
     State(state): State<AppState>,
     caller: Result<Caller, ApiError>,
+    idempotency_key: IdempotencyHeader,
     mut body: JsonBody,
 ) -> Result<Json<String>, ApiError> {
     let caller = admit(&state, beacon::caller(&state, caller, &mut body)?)?;
     let event = NewAnalyticsEvent::parse(&body.value).map_err(|errors| body.invalid(errors))?;
     let row = EventRow::new(state.clock.now(), caller.user_id, event);
     let id = row.id;
+    let keyed = state
+        .idempotency
+        .store_event(state.store.as_ref(), &idempotency_key, &body, &row);
+    if let Some(id) = keyed.await.map_err(|e| e.into_api_error(ANALYTICS_HINT))? {
+        return Ok(Json(id));
+    }
     state
         .ingest
         .store_event(row)

@@ -71,7 +71,9 @@ fn error_offset(body: &[u8], err: &serde_json::Error) -> usize {
     (offset + err.column().saturating_sub(1)).min(body.len())
 }
 
-fn parse(body: &Bytes, json: bool) -> Result<Value, FieldError> {
+/// The body as FastAPI reads it: empty → `{}`, JSON when `json`, else a string; the
+/// decoding step of every analytics request, pure so the fuzz targets can call it.
+pub fn parse(body: &Bytes, json: bool) -> Result<Value, FieldError> {
     if body.is_empty() {
         return Ok(Value::Object(Map::new()));
     }

@@ -1,5 +1,6 @@
 //! Persistence behind one trait, with a PostgreSQL and an SQLite implementation.
 
+mod idempotency;
 mod postgres;
 mod sqlite;
 
@@ -14,6 +15,7 @@ use uuid::Uuid;
 use crate::domain::{NewAnalyticsEvent, NewMetric};
 use crate::settings::{DatabaseKind, DatabaseSettings};
 
+pub use idempotency::{EVENT_ENDPOINT, IdempotencyClaim, IdempotentInsert, METRIC_ENDPOINT};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
@@ -200,6 +202,24 @@ pub trait Store: Send + Sync {
     async fn close(&self);
     /// The pool's connection counts, for the metrics.
     fn pool_stats(&self) -> PoolStats;
+    /// Stores the row unless its user already used the claim's key on this endpoint, in
+    /// one transaction with the claim; concurrent replays all see the first row's id.
+    async fn insert_metric_idempotent(
+        &self,
+        row: &MetricRow,
+        claim: &IdempotencyClaim,
+    ) -> Result<IdempotentInsert, StoreError>;
+    /// As `insert_metric_idempotent`, for an analytics event.
+    async fn insert_event_idempotent(
+        &self,
+        row: &EventRow,
+        claim: &IdempotencyClaim,
+    ) -> Result<IdempotentInsert, StoreError>;
+    /// Deletes idempotency keys created before `created_before`; returns how many.
+    async fn prune_idempotency_keys(
+        &self,
+        created_before: NaiveDateTime,
+    ) -> Result<u64, StoreError>;
 }
 
 /// A connection pool's counts at one moment.

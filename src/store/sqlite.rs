@@ -5,12 +5,15 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use chrono::NaiveDateTime;
 use secrecy::ExposeSecret;
 use serde_json::Value;
+use sqlx::SqliteConnection;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
+use super::{EVENT_ENDPOINT, IdempotencyClaim, IdempotentInsert, METRIC_ENDPOINT, idempotency};
 use super::{
     EventRow, MetricRow, PoolStats, Store, StoreError, StoredEvent, StoredMetric, wait_until_ready,
 };
@@ -180,4 +183,122 @@ impl Store for SqliteStore {
     fn pool_stats(&self) -> PoolStats {
         PoolStats::of(&self.pool)
     }
+    async fn insert_metric_idempotent(
+        &self,
+        row: &MetricRow,
+        claim: &IdempotencyClaim,
+    ) -> Result<IdempotentInsert, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let won = claim_key(
+            &mut tx,
+            &row.user_id,
+            METRIC_ENDPOINT,
+            &row.id.to_string(),
+            row.created_at,
+            claim,
+        )
+        .await?;
+        if !won {
+            return existing_claim(&mut tx, &row.user_id, METRIC_ENDPOINT, claim).await;
+        }
+        sqlx::query(
+            r#"insert into "AnalyticsMetrics"
+                   ("id", "createdAt", "updatedAt", "analyticMetric", "value", "dataString", "userId")
+               values ($1, $2, $2, $3, $4, $5, $6)"#,
+        )
+        .bind(row.id.to_string())
+        .bind(row.created_at)
+        .bind(&row.metric.metric_name)
+        .bind(row.metric.metric_value)
+        .bind(&row.metric.data_string)
+        .bind(&row.user_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(IdempotentInsert::Stored)
+    }
+
+    async fn insert_event_idempotent(
+        &self,
+        row: &EventRow,
+        claim: &IdempotencyClaim,
+    ) -> Result<IdempotentInsert, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let won = claim_key(
+            &mut tx,
+            &row.user_id,
+            EVENT_ENDPOINT,
+            &row.id.to_string(),
+            row.created_at,
+            claim,
+        )
+        .await?;
+        if !won {
+            return existing_claim(&mut tx, &row.user_id, EVENT_ENDPOINT, claim).await;
+        }
+        sqlx::query(
+            r#"insert into "AnalyticsDetails"
+                   ("id", "createdAt", "updatedAt", "userId", "type", "data", "dataIndex")
+               values ($1, $2, $2, $3, $4, $5, $6)"#,
+        )
+        .bind(row.id.to_string())
+        .bind(row.created_at)
+        .bind(&row.user_id)
+        .bind(&row.event.event_type)
+        .bind(serde_json::to_string(&row.event.data).expect("a JSON map always serializes"))
+        .bind(&row.event.data_index)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(IdempotentInsert::Stored)
+    }
+
+    async fn prune_idempotency_keys(
+        &self,
+        created_before: NaiveDateTime,
+    ) -> Result<u64, StoreError> {
+        let done = sqlx::query(idempotency::PRUNE_SQL)
+            .bind(created_before)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+}
+
+/// Runs the claim; true when this transaction now owns the key and must insert the row.
+async fn claim_key(
+    conn: &mut SqliteConnection,
+    user_id: &str,
+    endpoint: &str,
+    row_id: &str,
+    created_at: NaiveDateTime,
+    claim: &IdempotencyClaim,
+) -> Result<bool, StoreError> {
+    let won: Option<(String,)> = sqlx::query_as(idempotency::CLAIM_SQL)
+        .bind(user_id)
+        .bind(endpoint)
+        .bind(&claim.key)
+        .bind(&claim.body_hash)
+        .bind(row_id)
+        .bind(created_at)
+        .bind(claim.expired_before)
+        .fetch_optional(&mut *conn)
+        .await?;
+    Ok(won.is_some())
+}
+
+/// The standing claim decides between a replay and a conflict; nothing is written.
+async fn existing_claim(
+    conn: &mut SqliteConnection,
+    user_id: &str,
+    endpoint: &str,
+    claim: &IdempotencyClaim,
+) -> Result<IdempotentInsert, StoreError> {
+    let existing: (String, String) = sqlx::query_as(idempotency::EXISTING_SQL)
+        .bind(user_id)
+        .bind(endpoint)
+        .bind(&claim.key)
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(idempotency::outcome_of_existing(claim, existing))
 }

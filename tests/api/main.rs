@@ -9,5 +9,8 @@ mod batch;
 mod edge;
 mod group_commit;
 mod http_errors;
+mod idempotency;
+mod jwks;
 mod lifecycle;
 mod metrics;
+mod properties;

@@ -1,0 +1,54 @@
+//! Body decoding + validation: any bytes, as either content type, through the same
+//! functions a request goes through. Nothing may panic; an accepted body keeps the
+//! contract's invariants; a refused one renders a 422 body.
+#![no_main]
+
+use analytics_service::domain::{NewAnalyticsEvent, NewMetric};
+use analytics_service::idempotency::{event_hash, metric_hash};
+use analytics_service::routes::json::parse;
+use bytes::Bytes;
+use libfuzzer_sys::fuzz_target;
+
+fn clean(text: &str) -> bool {
+    !text
+        .chars()
+        .any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r') && (c as u32) < 0x80)
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&selector, body)) = data.split_first() else {
+        return;
+    };
+    let json = selector & 1 == 0;
+    let value = match parse(&Bytes::copy_from_slice(body), json) {
+        Ok(value) => value,
+        Err(error) => {
+            assert_eq!(error.kind, "json_invalid");
+            serde_json::to_string(&error).expect("a field error serializes");
+            return;
+        }
+    };
+    match NewMetric::parse(&value) {
+        Ok(metric) => {
+            assert!(metric.metric_value.is_finite() && metric.metric_value >= 0.0);
+            assert!(clean(&metric.metric_name) && clean(&metric.data_string));
+            metric_hash(&metric);
+        }
+        Err(errors) => {
+            assert!(!errors.is_empty());
+            serde_json::to_string(&errors).expect("field errors serialize");
+        }
+    }
+    match NewAnalyticsEvent::parse(&value) {
+        Ok(event) => {
+            assert!(clean(&event.event_type) && clean(&event.data_index));
+            let data = serde_json::to_string(&event.data).expect("a map serializes");
+            assert!(!data.contains("\\u0000"), "NUL reaches the database");
+            event_hash(&event);
+        }
+        Err(errors) => {
+            assert!(!errors.is_empty());
+            serde_json::to_string(&errors).expect("field errors serialize");
+        }
+    }
+});

@@ -1,0 +1,220 @@
+//! The JWKS key cache: public keys for asymmetric tokens (ES256, RS256, EdDSA, …), fetched
+//! from `JWT_JWKS_URL` with a timeout, kept by `kid`, refreshed when a token names a `kid`
+//! we do not know (at most once per `min_refresh`) or when the keys are older than
+//! `max_age`. Symmetric (`oct`) keys in the set are ignored: a JWKS is public, so an HMAC
+//! key from it would let anyone sign.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, PublicKeyUse};
+use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
+use serde::Deserialize;
+
+use super::AuthError;
+
+/// One verification key of the set.
+#[derive(Clone)]
+pub struct JwksKey {
+    /// The public key.
+    pub key: DecodingKey,
+    /// RSA, EC or Ed; a token's `alg` must be of this family.
+    pub family: AlgorithmFamily,
+    /// The JWK's `alg`, when it names one: then a token's `alg` must be exactly this.
+    pub algorithm: Option<Algorithm>,
+}
+
+impl JwksKey {
+    /// True when a token signed with `alg` may be verified with this key.
+    pub fn accepts(&self, alg: Algorithm) -> bool {
+        alg.family() == self.family && self.algorithm.is_none_or(|a| a == alg)
+    }
+
+    fn from_jwk(jwk: &Jwk) -> Option<(String, JwksKey)> {
+        let kid = jwk.common.key_id.clone()?;
+        if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
+            return None;
+        }
+        let family = match &jwk.algorithm {
+            AlgorithmParameters::RSA(_) => AlgorithmFamily::Rsa,
+            AlgorithmParameters::EllipticCurve(_) => AlgorithmFamily::Ec,
+            AlgorithmParameters::OctetKeyPair(_) => AlgorithmFamily::Ed,
+            // `oct` (a shared secret, public here) and unknown key types are never used.
+            _ => return None,
+        };
+        let algorithm = match jwk.common.key_algorithm {
+            Some(alg) => Some(Algorithm::try_from(alg).ok()?),
+            None => None,
+        };
+        let key = DecodingKey::from_jwk(jwk).ok()?;
+        Some((
+            kid,
+            JwksKey {
+                key,
+                family,
+                algorithm,
+            },
+        ))
+    }
+}
+
+/// The set as served; keys are parsed one by one so one odd key does not hide the rest.
+#[derive(Deserialize)]
+struct RawKeySet {
+    keys: Vec<serde_json::Value>,
+}
+
+#[derive(Default)]
+struct Cached {
+    keys: Arc<HashMap<String, JwksKey>>,
+    fetched_at: Option<Instant>,
+    last_fetch_failed: bool,
+}
+
+/// Where the keys come from, and the keys we hold.
+pub struct JwksCache {
+    url: String,
+    client: reqwest::Client,
+    min_refresh: Duration,
+    max_age: Duration,
+    cached: RwLock<Cached>,
+    // Held while fetching, so concurrent requests with the same unknown `kid` cause one
+    // fetch; holds the time of the last fetch a token caused.
+    refresh_gate: tokio::sync::Mutex<Option<Instant>>,
+}
+
+impl std::fmt::Debug for JwksCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwksCache")
+            .field("min_refresh", &self.min_refresh)
+            .field("max_age", &self.max_age)
+            .finish_non_exhaustive()
+    }
+}
+
+impl JwksCache {
+    /// A cache for `url` that fetches nothing yet.
+    pub fn new(url: &str, timeout: Duration, min_refresh: Duration, max_age: Duration) -> Self {
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .user_agent(concat!("analytics-service/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .expect("a reqwest client with a timeout always builds");
+        JwksCache {
+            url: url.to_owned(),
+            client,
+            min_refresh,
+            max_age,
+            cached: RwLock::new(Cached::default()),
+            refresh_gate: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// The key for `kid` if we hold it; never fetches.
+    pub fn cached(&self, kid: &str) -> Option<JwksKey> {
+        self.cached
+            .read()
+            .expect("the key cache lock is never poisoned")
+            .keys
+            .get(kid)
+            .cloned()
+    }
+
+    fn is_fresh(&self) -> bool {
+        let cached = self
+            .cached
+            .read()
+            .expect("the key cache lock is never poisoned");
+        cached
+            .fetched_at
+            .is_some_and(|t| t.elapsed() < self.max_age)
+    }
+
+    /// The key for `kid`, fetching the set when `kid` is unknown or the keys are old and
+    /// the last fetch a token caused was at least `min_refresh` ago.
+    pub async fn key(&self, kid: &str) -> Result<JwksKey, AuthError> {
+        if let Some(key) = self.cached(kid).filter(|_| self.is_fresh()) {
+            return Ok(key);
+        }
+        let mut last_refresh = self.refresh_gate.lock().await;
+        if let Some(key) = self.cached(kid).filter(|_| self.is_fresh()) {
+            return Ok(key);
+        }
+        if last_refresh.is_none_or(|t| t.elapsed() >= self.min_refresh) {
+            *last_refresh = Some(Instant::now());
+            self.refresh().await;
+        }
+        let next_fetch_in = last_refresh.map_or(Duration::ZERO, |t| {
+            self.min_refresh.saturating_sub(t.elapsed())
+        });
+        drop(last_refresh);
+        self.cached(kid)
+            .ok_or_else(|| self.unknown(kid, next_fetch_in))
+    }
+
+    fn unknown(&self, kid: &str, next_fetch_in: Duration) -> AuthError {
+        let failed = self
+            .cached
+            .read()
+            .expect("the key cache lock is never poisoned")
+            .last_fetch_failed;
+        if failed {
+            AuthError::KeysUnavailable {
+                retry_after_secs: next_fetch_in.as_secs_f64().ceil() as u64,
+            }
+        } else {
+            AuthError::Invalid(format!(
+                "Unable to find a signing key that matches: {kid:?}"
+            ))
+        }
+    }
+
+    /// Fetches the set now (start-up); a failure is logged and the next token retries.
+    pub async fn prefetch(&self) {
+        self.refresh().await;
+    }
+
+    /// Fetches and replaces the set; on failure the keys we hold stay in use.
+    async fn refresh(&self) {
+        let fetched = self.fetch().await;
+        let mut cached = self
+            .cached
+            .write()
+            .expect("the key cache lock is never poisoned");
+        match fetched {
+            Ok(keys) => {
+                tracing::info!(keys = keys.len(), "JWKS signing keys loaded");
+                *cached = Cached {
+                    keys: Arc::new(keys),
+                    fetched_at: Some(Instant::now()),
+                    last_fetch_failed: false,
+                };
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "fetching the JWKS signing keys failed");
+                cached.last_fetch_failed = true;
+            }
+        }
+    }
+
+    async fn fetch(&self) -> Result<HashMap<String, JwksKey>, reqwest::Error> {
+        let raw: RawKeySet = self
+            .client
+            .get(&self.url)
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .map_err(|e| e.without_url())?
+            .json()
+            .await
+            .map_err(|e| e.without_url())?;
+        Ok(raw
+            .keys
+            .iter()
+            .filter_map(|value| serde_json::from_value::<Jwk>(value.clone()).ok())
+            .filter_map(|jwk| JwksKey::from_jwk(&jwk))
+            .collect())
+    }
+}

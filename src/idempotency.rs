@@ -1,0 +1,295 @@
+//! `Idempotency-Key` on the analytics endpoints: a replay of a request by the same user
+//! answers the first request's id and stores nothing new; the same key with another body
+//! is a 422. The store decides races (see `store::IdempotencyClaim`); this module reads
+//! the header, hashes the validated body and maps the outcome to an answer.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use chrono::{DateTime, NaiveDateTime, SubsecRound, Utc};
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+use tokio::task::JoinHandle;
+
+use crate::clock::Clock;
+use crate::domain::{FieldError, NewAnalyticsEvent, NewMetric};
+use crate::error::ApiError;
+use crate::routes::json::JsonBody;
+use crate::store::{EventRow, IdempotencyClaim, IdempotentInsert, MetricRow, Store};
+
+/// The request header that carries the key.
+pub const HEADER: &str = "idempotency-key";
+/// Longest accepted key, in bytes (as Stripe's).
+pub const MAX_KEY_LEN: usize = 255;
+
+/// The `Idempotency-Key` header as the request carried it; never rejects, so the
+/// handler decides when a bad key is reported (after auth, as any other 422).
+#[derive(Debug, Clone, Default)]
+pub struct IdempotencyHeader(Option<Result<String, String>>);
+
+impl<S: Send + Sync> FromRequestParts<S> for IdempotencyHeader {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Infallible> {
+        Ok(IdempotencyHeader(parts.headers.get(HEADER).map(|value| {
+            let raw = String::from_utf8_lossy(value.as_bytes()).into_owned();
+            let key = raw.trim();
+            let printable = key.bytes().all(|b| (0x20..0x7f).contains(&b));
+            if key.is_empty() || key.len() > MAX_KEY_LEN || !printable {
+                Err(raw)
+            } else {
+                Ok(key.to_owned())
+            }
+        })))
+    }
+}
+
+impl IdempotencyHeader {
+    /// The claim for `body_hash`, `None` without the header; a malformed key is a 422.
+    fn claim(
+        &self,
+        body: &JsonBody,
+        body_hash: String,
+        expired_before: NaiveDateTime,
+    ) -> Result<Option<IdempotencyClaim>, ApiError> {
+        match &self.0 {
+            None => Ok(None),
+            Some(Err(raw)) => Err(body.invalid(vec![invalid_key(raw)])),
+            Some(Ok(key)) => Ok(Some(IdempotencyClaim {
+                key: key.clone(),
+                body_hash,
+                expired_before,
+            })),
+        }
+    }
+}
+
+/// How long keys live, and the clock that says when they were made.
+#[derive(Clone)]
+pub struct Idempotency {
+    /// A key older than this is forgotten: the same key then stores a new row.
+    pub retention: Duration,
+    /// "Now", shared with the handlers.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Idempotency {
+    fn expired_before(&self, now: DateTime<Utc>) -> NaiveDateTime {
+        let retention = chrono::Duration::from_std(self.retention).unwrap_or(chrono::Duration::MAX);
+        now.checked_sub_signed(retention)
+            .unwrap_or(DateTime::<Utc>::MIN_UTC)
+            .naive_utc()
+            .trunc_subsecs(3)
+    }
+
+    /// Stores the metric under the request's key, or answers the first request's id.
+    /// `Ok(None)` when the request has no key: the caller stores it the usual way.
+    pub async fn store_metric(
+        &self,
+        store: &dyn Store,
+        header: &IdempotencyHeader,
+        body: &JsonBody,
+        row: &MetricRow,
+    ) -> Result<Option<String>, IdempotencyError> {
+        let hash = metric_hash(&row.metric);
+        let Some(claim) = header.claim(body, hash, self.expired_before(self.clock.now()))? else {
+            return Ok(None);
+        };
+        let outcome = store.insert_metric_idempotent(row, &claim).await?;
+        answer(outcome, row.id.to_string(), &claim, body).map(Some)
+    }
+
+    /// As `store_metric`, for an analytics event.
+    pub async fn store_event(
+        &self,
+        store: &dyn Store,
+        header: &IdempotencyHeader,
+        body: &JsonBody,
+        row: &EventRow,
+    ) -> Result<Option<String>, IdempotencyError> {
+        let hash = event_hash(&row.event);
+        let Some(claim) = header.claim(body, hash, self.expired_before(self.clock.now()))? else {
+            return Ok(None);
+        };
+        let outcome = store.insert_event_idempotent(row, &claim).await?;
+        answer(outcome, row.id.to_string(), &claim, body).map(Some)
+    }
+
+    /// Deletes expired keys now and then until the task is aborted.
+    pub fn spawn_pruner(&self, store: Arc<dyn Store>) -> JoinHandle<()> {
+        let this = self.clone();
+        let every = (self.retention / 4).clamp(Duration::from_secs(1), Duration::from_secs(3600));
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                match store
+                    .prune_idempotency_keys(this.expired_before(this.clock.now()))
+                    .await
+                {
+                    Ok(0) => {}
+                    Ok(pruned) => tracing::debug!(pruned, "expired idempotency keys deleted"),
+                    Err(err) => tracing::warn!(error = ?err, "pruning idempotency keys failed"),
+                }
+            }
+        })
+    }
+}
+
+/// Why an idempotent store did not answer an id: a 422 already built, or the store failed
+/// (the handler adds its endpoint's hint).
+#[derive(Debug)]
+pub enum IdempotencyError {
+    /// A bad key or a key reused with another body.
+    Rejected(ApiError),
+    /// The database failed.
+    Store(crate::store::StoreError),
+}
+
+impl From<ApiError> for IdempotencyError {
+    fn from(err: ApiError) -> Self {
+        IdempotencyError::Rejected(err)
+    }
+}
+
+impl From<crate::store::StoreError> for IdempotencyError {
+    fn from(err: crate::store::StoreError) -> Self {
+        IdempotencyError::Store(err)
+    }
+}
+
+impl IdempotencyError {
+    /// The answer, with the endpoint's hint on a storage failure.
+    pub fn into_api_error(self, hint: &'static str) -> ApiError {
+        match self {
+            IdempotencyError::Rejected(err) => err,
+            IdempotencyError::Store(err) => ApiError::storage(err, hint),
+        }
+    }
+}
+
+fn answer(
+    outcome: IdempotentInsert,
+    new_id: String,
+    claim: &IdempotencyClaim,
+    body: &JsonBody,
+) -> Result<String, IdempotencyError> {
+    match outcome {
+        IdempotentInsert::Stored => Ok(new_id),
+        IdempotentInsert::Replayed { row_id } => {
+            tracing::debug!("idempotent replay answered with the first request's id");
+            Ok(row_id)
+        }
+        IdempotentInsert::Conflict => Err(body.invalid(vec![conflict(&claim.key)]).into()),
+    }
+}
+
+fn header_error(kind: &'static str, msg: &str, input: &str) -> FieldError {
+    FieldError {
+        kind,
+        loc: vec!["header".into(), "Idempotency-Key".into()],
+        msg: msg.to_owned(),
+        input: Value::String(input.to_owned()),
+        ctx: None,
+    }
+}
+
+fn invalid_key(raw: &str) -> FieldError {
+    let mut error = header_error(
+        "idempotency_key_invalid",
+        "Idempotency-Key must be 1 to 255 printable ASCII characters",
+        raw,
+    );
+    error.ctx = Some(json!({ "max_length": MAX_KEY_LEN }));
+    error
+}
+
+fn conflict(key: &str) -> FieldError {
+    header_error(
+        "idempotency_key_conflict",
+        "This Idempotency-Key was already used with a different request body; \
+         use a new key for a new request",
+        key,
+    )
+}
+
+/// SHA-256 of the validated metric, so a replay that differs only in spelling (key order,
+/// `"2.5"` for `2.5`, unknown keys) is still the same request.
+pub fn metric_hash(metric: &NewMetric) -> String {
+    hash(&json!({
+        "metric_name": metric.metric_name,
+        "metric_value": metric.metric_value,
+        "data_string": metric.data_string,
+    }))
+}
+
+/// SHA-256 of the validated event (see `metric_hash`).
+pub fn event_hash(event: &NewAnalyticsEvent) -> String {
+    hash(&json!({
+        "type": event.event_type,
+        "data": Value::Object(event.data.clone()),
+        "data_index": event.data_index,
+    }))
+}
+
+fn hash(value: &Value) -> String {
+    let bytes = serde_json::to_vec(&sorted(value)).expect("a JSON value always serializes");
+    format!("{:x}", Sha256::digest(bytes))
+}
+
+/// The value with every object's keys in sorted order (the maps keep insertion order).
+fn sorted(value: &Value) -> Value {
+    match value {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            let mut out = Map::new();
+            for key in keys {
+                out.insert(key.clone(), sorted(&map[key.as_str()]));
+            }
+            Value::Object(out)
+        }
+        Value::Array(items) => Value::Array(items.iter().map(sorted).collect()),
+        other => other.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(data: Value) -> NewAnalyticsEvent {
+        NewAnalyticsEvent::parse(&json!({"type": "t", "data": data, "data_index": "i"})).unwrap()
+    }
+
+    #[test]
+    fn the_body_hash_ignores_key_order_but_not_values() {
+        let a = event(json!({"x": 1, "y": {"b": 2, "a": [1, {"d": 0, "c": 1}]}}));
+        let b = event(json!({"y": {"a": [1, {"c": 1, "d": 0}], "b": 2}, "x": 1}));
+        let c = event(json!({"x": 1, "y": {"b": 3, "a": [1, {"d": 0, "c": 1}]}}));
+
+        assert_eq!(event_hash(&a), event_hash(&b));
+        assert_ne!(event_hash(&a), event_hash(&c));
+    }
+
+    #[test]
+    fn a_numeric_string_hashes_as_its_number() {
+        let parse = |v: Value| {
+            NewMetric::parse(&json!({"metric_name": "m", "metric_value": v, "data_string": "d"}))
+                .unwrap()
+        };
+
+        assert_eq!(
+            metric_hash(&parse(json!("2.5"))),
+            metric_hash(&parse(json!(2.5)))
+        );
+        assert_ne!(
+            metric_hash(&parse(json!(2.5))),
+            metric_hash(&parse(json!(2.6)))
+        );
+    }
+}

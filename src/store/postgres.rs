@@ -110,57 +110,13 @@ impl PgStore {
 #[async_trait]
 impl Store for PgStore {
     async fn insert_metrics(&self, rows: &[MetricRow]) -> Result<(), StoreError> {
-        let ids: Vec<String> = rows.iter().map(|r| r.id.to_string()).collect();
-        let times: Vec<_> = rows.iter().map(|r| r.created_at).collect();
-        let names: Vec<&str> = rows.iter().map(|r| r.metric.metric_name.as_str()).collect();
-        let values: Vec<f64> = rows.iter().map(|r| r.metric.metric_value).collect();
-        let strings: Vec<&str> = rows.iter().map(|r| r.metric.data_string.as_str()).collect();
-        let users: Vec<&str> = rows.iter().map(|r| r.user_id.as_str()).collect();
-        // One statement for any number of rows: a single INSERT is its own transaction.
-        sqlx::query(
-            r#"insert into "AnalyticsMetrics"
-                   ("id", "createdAt", "updatedAt", "analyticMetric", "value", "dataString", "userId")
-               select id, created_at, created_at, name, value, data_string, user_id
-               from unnest($1::text[], $2::timestamp(3)[], $3::text[], $4::float8[], $5::text[], $6::text[])
-                   as t(id, created_at, name, value, data_string, user_id)"#,
-        )
-        .bind(ids)
-        .bind(times)
-        .bind(names)
-        .bind(values)
-        .bind(strings)
-        .bind(users)
-        .execute(&self.pool)
-        .await?;
+        write_metrics(&self.pool, rows).await?;
         crate::telemetry::prometheus::rows_stored("AnalyticsMetrics", rows.len());
         Ok(())
     }
 
     async fn insert_events(&self, rows: &[EventRow]) -> Result<(), StoreError> {
-        let ids: Vec<String> = rows.iter().map(|r| r.id.to_string()).collect();
-        let times: Vec<_> = rows.iter().map(|r| r.created_at).collect();
-        let users: Vec<&str> = rows.iter().map(|r| r.user_id.as_str()).collect();
-        let types: Vec<&str> = rows.iter().map(|r| r.event.event_type.as_str()).collect();
-        let data: Vec<String> = rows
-            .iter()
-            .map(|r| serde_json::to_string(&r.event.data).expect("a JSON map always serializes"))
-            .collect();
-        let indexes: Vec<&str> = rows.iter().map(|r| r.event.data_index.as_str()).collect();
-        sqlx::query(
-            r#"insert into "AnalyticsDetails"
-                   ("id", "createdAt", "updatedAt", "userId", "type", "data", "dataIndex")
-               select id, created_at, created_at, user_id, type, data::jsonb, data_index
-               from unnest($1::text[], $2::timestamp(3)[], $3::text[], $4::text[], $5::text[], $6::text[])
-                   as t(id, created_at, user_id, type, data, data_index)"#,
-        )
-        .bind(ids)
-        .bind(times)
-        .bind(users)
-        .bind(types)
-        .bind(data)
-        .bind(indexes)
-        .execute(&self.pool)
-        .await?;
+        write_events(&self.pool, rows).await?;
         crate::telemetry::prometheus::rows_stored("AnalyticsDetails", rows.len());
         Ok(())
     }
@@ -226,32 +182,18 @@ impl Store for PgStore {
         claim: &IdempotencyClaim,
     ) -> Result<IdempotentInsert, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let won = claim_key(
-            &mut tx,
-            &row.user_id,
+        let key = (
+            row.user_id.as_str(),
             METRIC_ENDPOINT,
-            &row.id.to_string(),
+            row.id,
             row.created_at,
-            claim,
-        )
-        .await?;
-        if !won {
-            return existing_claim(&mut tx, &row.user_id, METRIC_ENDPOINT, claim).await;
+        );
+        if let Some(standing) = claim_or_standing(&mut tx, key, claim).await? {
+            return Ok(standing);
         }
-        sqlx::query(
-            r#"insert into "AnalyticsMetrics"
-                   ("id", "createdAt", "updatedAt", "analyticMetric", "value", "dataString", "userId")
-               values ($1, $2, $2, $3, $4, $5, $6)"#,
-        )
-        .bind(row.id.to_string())
-        .bind(row.created_at)
-        .bind(&row.metric.metric_name)
-        .bind(row.metric.metric_value)
-        .bind(&row.metric.data_string)
-        .bind(&row.user_id)
-        .execute(&mut *tx)
-        .await?;
+        write_metrics(&mut *tx, std::slice::from_ref(row)).await?;
         tx.commit().await?;
+        crate::telemetry::prometheus::rows_stored("AnalyticsMetrics", 1);
         Ok(IdempotentInsert::Stored)
     }
 
@@ -261,32 +203,13 @@ impl Store for PgStore {
         claim: &IdempotencyClaim,
     ) -> Result<IdempotentInsert, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let won = claim_key(
-            &mut tx,
-            &row.user_id,
-            EVENT_ENDPOINT,
-            &row.id.to_string(),
-            row.created_at,
-            claim,
-        )
-        .await?;
-        if !won {
-            return existing_claim(&mut tx, &row.user_id, EVENT_ENDPOINT, claim).await;
+        let key = (row.user_id.as_str(), EVENT_ENDPOINT, row.id, row.created_at);
+        if let Some(standing) = claim_or_standing(&mut tx, key, claim).await? {
+            return Ok(standing);
         }
-        sqlx::query(
-            r#"insert into "AnalyticsDetails"
-                   ("id", "createdAt", "updatedAt", "userId", "type", "data", "dataIndex")
-               values ($1, $2, $2, $3, $4, $5::jsonb, $6)"#,
-        )
-        .bind(row.id.to_string())
-        .bind(row.created_at)
-        .bind(&row.user_id)
-        .bind(&row.event.event_type)
-        .bind(Json(&row.event.data))
-        .bind(&row.event.data_index)
-        .execute(&mut *tx)
-        .await?;
+        write_events(&mut *tx, std::slice::from_ref(row)).await?;
         tx.commit().await?;
+        crate::telemetry::prometheus::rows_stored("AnalyticsDetails", 1);
         Ok(IdempotentInsert::Stored)
     }
 
@@ -302,42 +225,95 @@ impl Store for PgStore {
     }
 }
 
-/// Runs the claim; true when this transaction now owns the key and must insert the row.
-async fn claim_key(
+/// Claims the key for this row, or returns the standing claim's outcome (a replay or a
+/// conflict) when another request holds it; `None` means this transaction must insert.
+async fn claim_or_standing(
     conn: &mut PgConnection,
-    user_id: &str,
-    endpoint: &str,
-    row_id: &str,
-    created_at: NaiveDateTime,
+    (user_id, endpoint, row_id, created_at): (&str, &str, uuid::Uuid, NaiveDateTime),
     claim: &IdempotencyClaim,
-) -> Result<bool, StoreError> {
+) -> Result<Option<IdempotentInsert>, StoreError> {
     let won: Option<(String,)> = sqlx::query_as(idempotency::CLAIM_SQL)
         .bind(user_id)
         .bind(endpoint)
         .bind(&claim.key)
         .bind(&claim.body_hash)
-        .bind(row_id)
+        .bind(row_id.to_string())
         .bind(created_at)
         .bind(claim.expired_before)
         .fetch_optional(&mut *conn)
         .await?;
-    Ok(won.is_some())
-}
-
-/// The standing claim decides between a replay and a conflict; nothing is written.
-async fn existing_claim(
-    conn: &mut PgConnection,
-    user_id: &str,
-    endpoint: &str,
-    claim: &IdempotencyClaim,
-) -> Result<IdempotentInsert, StoreError> {
+    if won.is_some() {
+        return Ok(None);
+    }
     let existing: (String, String) = sqlx::query_as(idempotency::EXISTING_SQL)
         .bind(user_id)
         .bind(endpoint)
         .bind(&claim.key)
         .fetch_one(&mut *conn)
         .await?;
-    Ok(idempotency::outcome_of_existing(claim, existing))
+    Ok(Some(idempotency::outcome_of_existing(claim, existing)))
+}
+
+/// Inserts any number of metrics with one statement (`unnest` of one array per column).
+async fn write_metrics<'c>(
+    executor: impl sqlx::PgExecutor<'c>,
+    rows: &[MetricRow],
+) -> Result<(), StoreError> {
+    let ids: Vec<String> = rows.iter().map(|r| r.id.to_string()).collect();
+    let times: Vec<_> = rows.iter().map(|r| r.created_at).collect();
+    let names: Vec<&str> = rows.iter().map(|r| r.metric.metric_name.as_str()).collect();
+    let values: Vec<f64> = rows.iter().map(|r| r.metric.metric_value).collect();
+    let strings: Vec<&str> = rows.iter().map(|r| r.metric.data_string.as_str()).collect();
+    let users: Vec<&str> = rows.iter().map(|r| r.user_id.as_str()).collect();
+    // One statement for any number of rows: a single INSERT is its own transaction.
+    sqlx::query(
+        r#"insert into "AnalyticsMetrics"
+               ("id", "createdAt", "updatedAt", "analyticMetric", "value", "dataString", "userId")
+           select id, created_at, created_at, name, value, data_string, user_id
+           from unnest($1::text[], $2::timestamp(3)[], $3::text[], $4::float8[], $5::text[], $6::text[])
+               as t(id, created_at, name, value, data_string, user_id)"#,
+    )
+    .bind(ids)
+    .bind(times)
+    .bind(names)
+    .bind(values)
+    .bind(strings)
+    .bind(users)
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
+/// Inserts any number of events with one statement.
+async fn write_events<'c>(
+    executor: impl sqlx::PgExecutor<'c>,
+    rows: &[EventRow],
+) -> Result<(), StoreError> {
+    let ids: Vec<String> = rows.iter().map(|r| r.id.to_string()).collect();
+    let times: Vec<_> = rows.iter().map(|r| r.created_at).collect();
+    let users: Vec<&str> = rows.iter().map(|r| r.user_id.as_str()).collect();
+    let types: Vec<&str> = rows.iter().map(|r| r.event.event_type.as_str()).collect();
+    let data: Vec<String> = rows
+        .iter()
+        .map(|r| serde_json::to_string(&r.event.data).expect("a JSON map always serializes"))
+        .collect();
+    let indexes: Vec<&str> = rows.iter().map(|r| r.event.data_index.as_str()).collect();
+    sqlx::query(
+        r#"insert into "AnalyticsDetails"
+               ("id", "createdAt", "updatedAt", "userId", "type", "data", "dataIndex")
+           select id, created_at, created_at, user_id, type, data::jsonb, data_index
+           from unnest($1::text[], $2::timestamp(3)[], $3::text[], $4::text[], $5::text[], $6::text[])
+               as t(id, created_at, user_id, type, data, data_index)"#,
+    )
+    .bind(ids)
+    .bind(times)
+    .bind(users)
+    .bind(types)
+    .bind(data)
+    .bind(indexes)
+    .execute(executor)
+    .await?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -84,21 +84,7 @@ impl SqliteStore {
 impl Store for SqliteStore {
     async fn insert_metrics(&self, rows: &[MetricRow]) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        for row in rows {
-            sqlx::query(
-                r#"insert into "AnalyticsMetrics"
-                       ("id", "createdAt", "updatedAt", "analyticMetric", "value", "dataString", "userId")
-                   values ($1, $2, $2, $3, $4, $5, $6)"#,
-            )
-            .bind(row.id.to_string())
-            .bind(row.created_at)
-            .bind(&row.metric.metric_name)
-            .bind(row.metric.metric_value)
-            .bind(&row.metric.data_string)
-            .bind(&row.user_id)
-            .execute(&mut *tx)
-            .await?;
-        }
+        write_metrics(&mut tx, rows).await?;
         tx.commit().await?;
         crate::telemetry::prometheus::rows_stored("AnalyticsMetrics", rows.len());
         Ok(())
@@ -106,23 +92,7 @@ impl Store for SqliteStore {
 
     async fn insert_events(&self, rows: &[EventRow]) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        for row in rows {
-            let data =
-                serde_json::to_string(&row.event.data).expect("a JSON map always serializes");
-            sqlx::query(
-                r#"insert into "AnalyticsDetails"
-                       ("id", "createdAt", "updatedAt", "userId", "type", "data", "dataIndex")
-                   values ($1, $2, $2, $3, $4, $5, $6)"#,
-            )
-            .bind(row.id.to_string())
-            .bind(row.created_at)
-            .bind(&row.user_id)
-            .bind(&row.event.event_type)
-            .bind(data)
-            .bind(&row.event.data_index)
-            .execute(&mut *tx)
-            .await?;
-        }
+        write_events(&mut tx, rows).await?;
         tx.commit().await?;
         crate::telemetry::prometheus::rows_stored("AnalyticsDetails", rows.len());
         Ok(())
@@ -189,32 +159,18 @@ impl Store for SqliteStore {
         claim: &IdempotencyClaim,
     ) -> Result<IdempotentInsert, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let won = claim_key(
-            &mut tx,
-            &row.user_id,
+        let key = (
+            row.user_id.as_str(),
             METRIC_ENDPOINT,
-            &row.id.to_string(),
+            row.id,
             row.created_at,
-            claim,
-        )
-        .await?;
-        if !won {
-            return existing_claim(&mut tx, &row.user_id, METRIC_ENDPOINT, claim).await;
+        );
+        if let Some(standing) = claim_or_standing(&mut tx, key, claim).await? {
+            return Ok(standing);
         }
-        sqlx::query(
-            r#"insert into "AnalyticsMetrics"
-                   ("id", "createdAt", "updatedAt", "analyticMetric", "value", "dataString", "userId")
-               values ($1, $2, $2, $3, $4, $5, $6)"#,
-        )
-        .bind(row.id.to_string())
-        .bind(row.created_at)
-        .bind(&row.metric.metric_name)
-        .bind(row.metric.metric_value)
-        .bind(&row.metric.data_string)
-        .bind(&row.user_id)
-        .execute(&mut *tx)
-        .await?;
+        write_metrics(&mut tx, std::slice::from_ref(row)).await?;
         tx.commit().await?;
+        crate::telemetry::prometheus::rows_stored("AnalyticsMetrics", 1);
         Ok(IdempotentInsert::Stored)
     }
 
@@ -224,32 +180,13 @@ impl Store for SqliteStore {
         claim: &IdempotencyClaim,
     ) -> Result<IdempotentInsert, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let won = claim_key(
-            &mut tx,
-            &row.user_id,
-            EVENT_ENDPOINT,
-            &row.id.to_string(),
-            row.created_at,
-            claim,
-        )
-        .await?;
-        if !won {
-            return existing_claim(&mut tx, &row.user_id, EVENT_ENDPOINT, claim).await;
+        let key = (row.user_id.as_str(), EVENT_ENDPOINT, row.id, row.created_at);
+        if let Some(standing) = claim_or_standing(&mut tx, key, claim).await? {
+            return Ok(standing);
         }
-        sqlx::query(
-            r#"insert into "AnalyticsDetails"
-                   ("id", "createdAt", "updatedAt", "userId", "type", "data", "dataIndex")
-               values ($1, $2, $2, $3, $4, $5, $6)"#,
-        )
-        .bind(row.id.to_string())
-        .bind(row.created_at)
-        .bind(&row.user_id)
-        .bind(&row.event.event_type)
-        .bind(serde_json::to_string(&row.event.data).expect("a JSON map always serializes"))
-        .bind(&row.event.data_index)
-        .execute(&mut *tx)
-        .await?;
+        write_events(&mut tx, std::slice::from_ref(row)).await?;
         tx.commit().await?;
+        crate::telemetry::prometheus::rows_stored("AnalyticsDetails", 1);
         Ok(IdempotentInsert::Stored)
     }
 
@@ -265,40 +202,72 @@ impl Store for SqliteStore {
     }
 }
 
-/// Runs the claim; true when this transaction now owns the key and must insert the row.
-async fn claim_key(
+/// Claims the key for this row, or returns the standing claim's outcome (a replay or a
+/// conflict) when another request holds it; `None` means this transaction must insert.
+async fn claim_or_standing(
     conn: &mut SqliteConnection,
-    user_id: &str,
-    endpoint: &str,
-    row_id: &str,
-    created_at: NaiveDateTime,
+    (user_id, endpoint, row_id, created_at): (&str, &str, uuid::Uuid, NaiveDateTime),
     claim: &IdempotencyClaim,
-) -> Result<bool, StoreError> {
+) -> Result<Option<IdempotentInsert>, StoreError> {
     let won: Option<(String,)> = sqlx::query_as(idempotency::CLAIM_SQL)
         .bind(user_id)
         .bind(endpoint)
         .bind(&claim.key)
         .bind(&claim.body_hash)
-        .bind(row_id)
+        .bind(row_id.to_string())
         .bind(created_at)
         .bind(claim.expired_before)
         .fetch_optional(&mut *conn)
         .await?;
-    Ok(won.is_some())
-}
-
-/// The standing claim decides between a replay and a conflict; nothing is written.
-async fn existing_claim(
-    conn: &mut SqliteConnection,
-    user_id: &str,
-    endpoint: &str,
-    claim: &IdempotencyClaim,
-) -> Result<IdempotentInsert, StoreError> {
+    if won.is_some() {
+        return Ok(None);
+    }
     let existing: (String, String) = sqlx::query_as(idempotency::EXISTING_SQL)
         .bind(user_id)
         .bind(endpoint)
         .bind(&claim.key)
         .fetch_one(&mut *conn)
         .await?;
-    Ok(idempotency::outcome_of_existing(claim, existing))
+    Ok(Some(idempotency::outcome_of_existing(claim, existing)))
+}
+
+/// Inserts the metrics on `conn` (the caller's transaction), one prepared statement each.
+async fn write_metrics(conn: &mut SqliteConnection, rows: &[MetricRow]) -> Result<(), StoreError> {
+    for row in rows {
+        sqlx::query(
+            r#"insert into "AnalyticsMetrics"
+                   ("id", "createdAt", "updatedAt", "analyticMetric", "value", "dataString", "userId")
+               values ($1, $2, $2, $3, $4, $5, $6)"#,
+        )
+        .bind(row.id.to_string())
+        .bind(row.created_at)
+        .bind(&row.metric.metric_name)
+        .bind(row.metric.metric_value)
+        .bind(&row.metric.data_string)
+        .bind(&row.user_id)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Inserts the events on `conn` (the caller's transaction), `data` as JSON text.
+async fn write_events(conn: &mut SqliteConnection, rows: &[EventRow]) -> Result<(), StoreError> {
+    for row in rows {
+        let data = serde_json::to_string(&row.event.data).expect("a JSON map always serializes");
+        sqlx::query(
+            r#"insert into "AnalyticsDetails"
+                   ("id", "createdAt", "updatedAt", "userId", "type", "data", "dataIndex")
+               values ($1, $2, $2, $3, $4, $5, $6)"#,
+        )
+        .bind(row.id.to_string())
+        .bind(row.created_at)
+        .bind(&row.user_id)
+        .bind(&row.event.event_type)
+        .bind(data)
+        .bind(&row.event.data_index)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
 }

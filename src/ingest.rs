@@ -20,6 +20,8 @@ use crate::store::{EventRow, MetricRow, Store, StoreError};
 pub struct GroupCommitSettings {
     /// Most rows in one transaction.
     pub max_batch: usize,
+    /// Most (estimated) bytes of row data in one statement; a batch always takes one row.
+    pub max_batch_bytes: usize,
     /// How long a writer waits for more rows once it has one (zero: take what is queued).
     pub max_wait: Duration,
     /// Rows that may wait per table before requests are refused with 503.
@@ -36,6 +38,8 @@ pub type WriteResult = Result<(), Arc<StoreError>>;
 pub trait BatchRow: Send + Sync + Sized + 'static {
     /// The table, for metric labels.
     const TABLE: &'static str;
+    /// Roughly how many bytes the row adds to the insert statement.
+    fn approx_bytes(&self) -> usize;
     /// Stores all rows in one transaction.
     async fn insert_all(store: &dyn Store, rows: &[Self]) -> Result<(), StoreError>;
 }
@@ -43,6 +47,12 @@ pub trait BatchRow: Send + Sync + Sized + 'static {
 #[async_trait]
 impl BatchRow for MetricRow {
     const TABLE: &'static str = "AnalyticsMetrics";
+    fn approx_bytes(&self) -> usize {
+        ROW_OVERHEAD_BYTES
+            + self.user_id.len()
+            + self.metric.metric_name.len()
+            + self.metric.data_string.len()
+    }
     async fn insert_all(store: &dyn Store, rows: &[Self]) -> Result<(), StoreError> {
         store.insert_metrics(rows).await
     }
@@ -51,8 +61,39 @@ impl BatchRow for MetricRow {
 #[async_trait]
 impl BatchRow for EventRow {
     const TABLE: &'static str = "AnalyticsDetails";
+    fn approx_bytes(&self) -> usize {
+        ROW_OVERHEAD_BYTES
+            + self.user_id.len()
+            + self.event.event_type.len()
+            + self.event.data_index.len()
+            + self
+                .event
+                .data
+                .iter()
+                .map(|(k, v)| k.len() + json_bytes(v))
+                .sum::<usize>()
+    }
     async fn insert_all(store: &dyn Store, rows: &[Self]) -> Result<(), StoreError> {
         store.insert_events(rows).await
+    }
+}
+
+/// Id, timestamp and framing of one row in the statement.
+const ROW_OVERHEAD_BYTES: usize = 64;
+
+/// A cheap upper-ish estimate of `value`'s size as JSON text.
+fn json_bytes(value: &serde_json::Value) -> usize {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => s.len() + 2,
+        Value::Array(items) => 2 + items.iter().map(|v| json_bytes(v) + 1).sum::<usize>(),
+        Value::Object(map) => {
+            2 + map
+                .iter()
+                .map(|(k, v)| k.len() + 4 + json_bytes(v))
+                .sum::<usize>()
+        }
+        _ => 8,
     }
 }
 
@@ -163,7 +204,7 @@ async fn write_loop<R: BatchRow>(
 }
 
 /// Fills `batch`; false when the queue is closed and empty (time to exit).
-async fn collect<R>(
+async fn collect<R: BatchRow>(
     receiver: &mut mpsc::Receiver<Pending<R>>,
     batch: &mut Vec<Pending<R>>,
     settings: GroupCommitSettings,
@@ -179,20 +220,30 @@ async fn collect<R>(
         }
     };
     let Some(first) = first else { return false };
+    let mut bytes = first.row.approx_bytes();
     batch.push(first);
-    while batch.len() < settings.max_batch {
+    let has_room = |batch: &Vec<Pending<R>>, bytes: usize| {
+        batch.len() < settings.max_batch && bytes < settings.max_batch_bytes
+    };
+    while has_room(batch, bytes) {
         match receiver.try_recv() {
-            Ok(pending) => batch.push(pending),
+            Ok(pending) => {
+                bytes += pending.row.approx_bytes();
+                batch.push(pending);
+            }
             Err(_) => break,
         }
     }
-    if batch.len() < settings.max_batch && !settings.max_wait.is_zero() {
+    if has_room(batch, bytes) && !settings.max_wait.is_zero() {
         let deadline = tokio::time::sleep(settings.max_wait);
         tokio::pin!(deadline);
-        while batch.len() < settings.max_batch {
+        while has_room(batch, bytes) {
             tokio::select! {
                 pending = receiver.recv() => match pending {
-                    Some(pending) => batch.push(pending),
+                    Some(pending) => {
+                        bytes += pending.row.approx_bytes();
+                        batch.push(pending);
+                    }
                     None => break,
                 },
                 () = &mut deadline => break,

@@ -111,6 +111,8 @@ pub struct Settings {
 pub struct IngestSettings {
     /// Most rows one transaction takes.
     pub max_batch: usize,
+    /// Most (estimated) bytes of row data one insert statement takes.
+    pub max_batch_bytes: usize,
     /// How long a writer waits for more rows once it has one, in microseconds (0: none).
     pub max_wait_us: u64,
     /// Rows that may wait per table before requests get 503.

@@ -52,6 +52,7 @@ impl Application {
             store.clone(),
             GroupCommitSettings {
                 max_batch: settings.ingest.max_batch,
+                max_batch_bytes: settings.ingest.max_batch_bytes,
                 max_wait: Duration::from_micros(settings.ingest.max_wait_us),
                 queue_capacity: settings.ingest.queue_capacity,
                 writers_per_table: settings.ingest.writers_per_table,

@@ -48,11 +48,12 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyHeader {
 }
 
 impl IdempotencyHeader {
-    /// The claim for `body_hash`, `None` without the header; a malformed key is a 422.
+    /// The claim for the body's hash, `None` without the header; a malformed key is a 422.
+    /// The hash is computed only when there is a key: most requests carry none.
     fn claim(
         &self,
         body: &JsonBody,
-        body_hash: String,
+        body_hash: impl FnOnce() -> String,
         expired_before: NaiveDateTime,
     ) -> Result<Option<IdempotencyClaim>, ApiError> {
         match &self.0 {
@@ -60,7 +61,7 @@ impl IdempotencyHeader {
             Some(Err(raw)) => Err(body.invalid(vec![invalid_key(raw)])),
             Some(Ok(key)) => Ok(Some(IdempotencyClaim {
                 key: key.clone(),
-                body_hash,
+                body_hash: body_hash(),
                 expired_before,
             })),
         }
@@ -94,7 +95,7 @@ impl Idempotency {
         body: &JsonBody,
         row: &MetricRow,
     ) -> Result<Option<String>, IdempotencyError> {
-        let hash = metric_hash(&row.metric);
+        let hash = || metric_hash(&row.metric);
         let Some(claim) = header.claim(body, hash, self.expired_before(self.clock.now()))? else {
             return Ok(None);
         };
@@ -110,7 +111,7 @@ impl Idempotency {
         body: &JsonBody,
         row: &EventRow,
     ) -> Result<Option<String>, IdempotencyError> {
-        let hash = event_hash(&row.event);
+        let hash = || event_hash(&row.event);
         let Some(claim) = header.claim(body, hash, self.expired_before(self.clock.now()))? else {
             return Ok(None);
         };

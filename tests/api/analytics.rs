@@ -149,15 +149,7 @@ async fn non_finite_numbers_inside_data_are_refused_with_their_location() {
     let app = crate::helpers::TestApp::spawn(crate::helpers::Backend::Postgres).await;
     let raw = r#"{"type": "t", "data": {"a": [1, NaN]}, "data_index": "i"}"#;
 
-    let response = app
-        .client
-        .post(app.url(PATH))
-        .bearer_auth(app.token("u"))
-        .header("content-type", "application/json")
-        .body(raw)
-        .send()
-        .await
-        .unwrap();
+    let response = app.post_raw(PATH, raw, Some(&app.token("u"))).await;
 
     assert_eq!(response.status(), 422);
     let body: Value = response.json().await.unwrap();

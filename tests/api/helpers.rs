@@ -221,6 +221,27 @@ impl TestApp {
             .expect("the request reaches the server")
     }
 
+    /// POSTs `body` as it is, declared as JSON: for bodies `post_json` cannot produce.
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        body: impl Into<reqwest::Body>,
+        token: Option<&str>,
+    ) -> reqwest::Response {
+        let mut request = self
+            .client
+            .post(self.url(path))
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request
+            .send()
+            .await
+            .expect("the request reaches the server")
+    }
+
     /// Signals shutdown and waits for the server to finish draining.
     pub async fn stop(&mut self) -> anyhow::Result<()> {
         if let Some(tx) = self.shutdown.take() {

@@ -96,15 +96,7 @@ async fn missing_fields_and_empty_body_report_every_field(app: TestApp) {
     let token = app.token("user-1");
 
     for raw in ["", "{}"] {
-        let response = app
-            .client
-            .post(app.url(PATH))
-            .bearer_auth(&token)
-            .header("content-type", "application/json")
-            .body(raw)
-            .send()
-            .await
-            .unwrap();
+        let response = app.post_raw(PATH, raw, Some(&token)).await;
 
         assert_eq!(response.status(), 422);
         let body: Value = response.json().await.unwrap();
@@ -158,14 +150,7 @@ async fn control_characters_are_stripped_before_storing(app: TestApp) {
 }
 
 async fn a_body_that_is_not_json_is_refused_before_auth(app: TestApp) {
-    let response = app
-        .client
-        .post(app.url(PATH))
-        .header("content-type", "application/json")
-        .body("{not json")
-        .send()
-        .await
-        .unwrap();
+    let response = app.post_raw(PATH, "{not json", None).await;
 
     assert_eq!(response.status(), 422);
     let body: Value = response.json().await.unwrap();
@@ -207,15 +192,7 @@ async fn python_json_literals_and_overflowing_numbers_are_finite_number_errors()
         let raw =
             format!(r#"{{"metric_name": "m", "metric_value": {literal}, "data_string": "d"}}"#);
 
-        let response = app
-            .client
-            .post(app.url(PATH))
-            .bearer_auth(&token)
-            .header("content-type", "application/json")
-            .body(raw)
-            .send()
-            .await
-            .unwrap();
+        let response = app.post_raw(PATH, raw, Some(&token)).await;
 
         assert_eq!(response.status(), 422, "{literal}");
         let body: Value = response.json().await.unwrap();

@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use tokio::sync::{Mutex, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::store::{EventRow, MetricRow, Store, StoreError};
+use crate::store::{EventRow, MetricRow, RowWriter, Store, StoreError};
 
 /// How the writers batch.
 #[derive(Debug, Clone, Copy)]
@@ -41,7 +41,7 @@ pub trait BatchRow: Send + Sync + Sized + 'static {
     /// Roughly how many bytes the row adds to the insert statement.
     fn approx_bytes(&self) -> usize;
     /// Stores all rows in one transaction.
-    async fn insert_all(store: &dyn Store, rows: &[Self]) -> Result<(), StoreError>;
+    async fn insert_all(writer: &mut dyn RowWriter, rows: &[Self]) -> Result<(), StoreError>;
 }
 
 #[async_trait]
@@ -53,8 +53,8 @@ impl BatchRow for MetricRow {
             + self.metric.metric_name.len()
             + self.metric.data_string.len()
     }
-    async fn insert_all(store: &dyn Store, rows: &[Self]) -> Result<(), StoreError> {
-        store.insert_metrics(rows).await
+    async fn insert_all(writer: &mut dyn RowWriter, rows: &[Self]) -> Result<(), StoreError> {
+        writer.insert_metrics(rows).await
     }
 }
 
@@ -73,8 +73,8 @@ impl BatchRow for EventRow {
                 .map(|(k, v)| k.len() + json_bytes(v))
                 .sum::<usize>()
     }
-    async fn insert_all(store: &dyn Store, rows: &[Self]) -> Result<(), StoreError> {
-        store.insert_events(rows).await
+    async fn insert_all(writer: &mut dyn RowWriter, rows: &[Self]) -> Result<(), StoreError> {
+        writer.insert_events(rows).await
     }
 }
 
@@ -175,7 +175,7 @@ fn spawn_writers<R: BatchRow>(
     let receiver = Arc::new(Mutex::new(receiver));
     for _ in 0..settings.writers_per_table.max(1) {
         handles.push(tokio::spawn(write_loop(
-            store.clone(),
+            store.writer(),
             receiver.clone(),
             settings,
             stopped.clone(),
@@ -185,7 +185,7 @@ fn spawn_writers<R: BatchRow>(
 }
 
 async fn write_loop<R: BatchRow>(
-    store: Arc<dyn Store>,
+    mut writer: Box<dyn RowWriter>,
     receiver: Arc<Mutex<mpsc::Receiver<Pending<R>>>>,
     settings: GroupCommitSettings,
     mut stopped: watch::Receiver<bool>,
@@ -195,13 +195,24 @@ async fn write_loop<R: BatchRow>(
         {
             // The lock is held only while collecting: other writers commit meanwhile.
             let mut receiver = receiver.lock().await;
-            if !collect(&mut receiver, &mut batch, settings, &mut stopped).await {
+            if !collect(
+                &mut receiver,
+                &mut batch,
+                settings,
+                &mut stopped,
+                &mut *writer,
+            )
+            .await
+            {
                 return;
             }
         }
-        commit(&*store, std::mem::take(&mut batch)).await;
+        commit(&mut *writer, std::mem::take(&mut batch)).await;
     }
 }
+
+/// A writer idle for this long gives its connection back to the pool.
+const RELEASE_IDLE_CONNECTION_AFTER: Duration = Duration::from_millis(100);
 
 /// Fills `batch`; false when the queue is closed and empty (time to exit).
 async fn collect<R: BatchRow>(
@@ -209,14 +220,14 @@ async fn collect<R: BatchRow>(
     batch: &mut Vec<Pending<R>>,
     settings: GroupCommitSettings,
     stopped: &mut watch::Receiver<bool>,
+    writer: &mut dyn RowWriter,
 ) -> bool {
-    let first = tokio::select! {
-        biased;
-        pending = receiver.recv() => pending,
-        () = async { let _ = stopped.wait_for(|stop| *stop).await; } => {
-            // No new rows from now on; what is queued is still written.
-            receiver.close();
-            receiver.recv().await
+    let waited = tokio::time::timeout(RELEASE_IDLE_CONNECTION_AFTER, next_row(receiver, stopped));
+    let first = match waited.await {
+        Ok(first) => first,
+        Err(_idle) => {
+            writer.release();
+            next_row(receiver, stopped).await
         }
     };
     let Some(first) = first else { return false };
@@ -253,13 +264,29 @@ async fn collect<R: BatchRow>(
     true
 }
 
+/// The next queued row; after a stop request, `None` once the queue is empty. Cancel-safe.
+async fn next_row<R>(
+    receiver: &mut mpsc::Receiver<Pending<R>>,
+    stopped: &mut watch::Receiver<bool>,
+) -> Option<Pending<R>> {
+    tokio::select! {
+        biased;
+        pending = receiver.recv() => pending,
+        () = async { let _ = stopped.wait_for(|stop| *stop).await; } => {
+            // No new rows from now on; what is queued is still written.
+            receiver.close();
+            receiver.recv().await
+        }
+    }
+}
+
 /// One transaction for the batch; if it fails for a reason a retry will not fix, each row
 /// is retried alone so that one bad row fails only its own request.
-async fn commit<R: BatchRow>(store: &dyn Store, batch: Vec<Pending<R>>) {
+async fn commit<R: BatchRow>(writer: &mut dyn RowWriter, batch: Vec<Pending<R>>) {
     let (rows, waiters): (Vec<R>, Vec<_>) = batch.into_iter().map(|p| (p.row, p.done)).unzip();
     metrics::histogram!("analytics_group_commit_batch_rows", "table" => R::TABLE)
         .record(rows.len() as f64);
-    match insert(store, &rows).await {
+    match insert(writer, &rows).await {
         Ok(()) => waiters.into_iter().for_each(|w| {
             let _ = w.send(Ok(()));
         }),
@@ -272,7 +299,7 @@ async fn commit<R: BatchRow>(store: &dyn Store, batch: Vec<Pending<R>>) {
         Err(err) => {
             tracing::warn!(error = ?err, rows = rows.len(), table = R::TABLE, "batch insert failed; retrying row by row");
             for (row, waiter) in rows.iter().zip(waiters) {
-                let outcome = insert(store, std::slice::from_ref(row))
+                let outcome = insert(writer, std::slice::from_ref(row))
                     .await
                     .map_err(Arc::new);
                 let _ = waiter.send(outcome);
@@ -281,7 +308,7 @@ async fn commit<R: BatchRow>(store: &dyn Store, batch: Vec<Pending<R>>) {
     }
 }
 
-async fn insert<R: BatchRow>(store: &dyn Store, rows: &[R]) -> Result<(), StoreError> {
+async fn insert<R: BatchRow>(writer: &mut dyn RowWriter, rows: &[R]) -> Result<(), StoreError> {
     metrics::counter!("analytics_store_transactions_total", "table" => R::TABLE).increment(1);
-    R::insert_all(store, rows).await
+    R::insert_all(writer, rows).await
 }

@@ -7,15 +7,16 @@ use async_trait::async_trait;
 use chrono::NaiveDateTime;
 use secrecy::ExposeSecret;
 use serde_json::Value;
-use sqlx::PgConnection;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::types::Json;
+use sqlx::{Connection, PgConnection, Postgres};
 use url::Url;
 
-use super::{EVENT_ENDPOINT, IdempotencyClaim, IdempotentInsert, METRIC_ENDPOINT, idempotency};
 use super::{
-    EventRow, MetricRow, PoolStats, Store, StoreError, StoredEvent, StoredMetric, wait_until_ready,
+    BatchStatements, EventRow, HeldConnection, MetricRow, PoolStats, RowWriter, Store, StoreError,
+    StoredEvent, StoredMetric, wait_until_ready,
 };
+use super::{EVENT_ENDPOINT, IdempotencyClaim, IdempotentInsert, METRIC_ENDPOINT, idempotency};
 use crate::settings::DatabaseSettings;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
@@ -63,6 +64,9 @@ fn connect_options(url: &str) -> Result<(PgConnectOptions, Option<String>), Stor
     Ok((options, schema))
 }
 
+/// A connection idle for longer than this is pinged before use.
+const IDLE_BEFORE_PING: Duration = Duration::from_secs(1);
+
 fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
@@ -80,6 +84,18 @@ impl PgStore {
             .max_connections(settings.max_connections)
             .acquire_timeout(settings.acquire_timeout())
             .idle_timeout(Some(Duration::from_secs(300)))
+            // sqlx pings every connection on acquire by default: one extra round trip per
+            // group-commit transaction. Ping only connections that sat idle a while (a
+            // restarted server drops them); a busy pool's connections were just used.
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for > IDLE_BEFORE_PING {
+                        conn.ping().await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect_lazy_with(options);
         let store = PgStore { pool };
         wait_until_ready(Duration::from_secs(settings.startup_timeout_secs), || {
@@ -109,16 +125,16 @@ impl PgStore {
 
 #[async_trait]
 impl Store for PgStore {
+    fn writer(&self) -> Box<dyn RowWriter> {
+        Box::new(HeldConnection::<Postgres>::new(self.pool.clone()))
+    }
+
     async fn insert_metrics(&self, rows: &[MetricRow]) -> Result<(), StoreError> {
-        write_metrics(&self.pool, rows).await?;
-        crate::telemetry::prometheus::rows_stored("AnalyticsMetrics", rows.len());
-        Ok(())
+        Postgres::store_metrics(&mut *self.pool.acquire().await?, rows).await
     }
 
     async fn insert_events(&self, rows: &[EventRow]) -> Result<(), StoreError> {
-        write_events(&self.pool, rows).await?;
-        crate::telemetry::prometheus::rows_stored("AnalyticsDetails", rows.len());
-        Ok(())
+        Postgres::store_events(&mut *self.pool.acquire().await?, rows).await
     }
 
     async fn metric_by_id(&self, id: &str) -> Result<Option<StoredMetric>, StoreError> {
@@ -222,6 +238,22 @@ impl Store for PgStore {
             .execute(&self.pool)
             .await?;
         Ok(done.rows_affected())
+    }
+}
+
+#[async_trait]
+impl BatchStatements for Postgres {
+    async fn store_metrics(conn: &mut PgConnection, rows: &[MetricRow]) -> Result<(), StoreError> {
+        // One statement is its own transaction.
+        write_metrics(conn, rows).await?;
+        crate::telemetry::prometheus::rows_stored("AnalyticsMetrics", rows.len());
+        Ok(())
+    }
+
+    async fn store_events(conn: &mut PgConnection, rows: &[EventRow]) -> Result<(), StoreError> {
+        write_events(conn, rows).await?;
+        crate::telemetry::prometheus::rows_stored("AnalyticsDetails", rows.len());
+        Ok(())
     }
 }
 

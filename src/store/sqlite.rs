@@ -8,15 +8,16 @@ use async_trait::async_trait;
 use chrono::NaiveDateTime;
 use secrecy::ExposeSecret;
 use serde_json::Value;
-use sqlx::SqliteConnection;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
+use sqlx::{Connection, Sqlite, SqliteConnection};
 
-use super::{EVENT_ENDPOINT, IdempotencyClaim, IdempotentInsert, METRIC_ENDPOINT, idempotency};
 use super::{
-    EventRow, MetricRow, PoolStats, Store, StoreError, StoredEvent, StoredMetric, wait_until_ready,
+    BatchStatements, EventRow, HeldConnection, MetricRow, PoolStats, RowWriter, Store, StoreError,
+    StoredEvent, StoredMetric, wait_until_ready,
 };
+use super::{EVENT_ENDPOINT, IdempotencyClaim, IdempotentInsert, METRIC_ENDPOINT, idempotency};
 use crate::settings::DatabaseSettings;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
@@ -82,20 +83,16 @@ impl SqliteStore {
 
 #[async_trait]
 impl Store for SqliteStore {
+    fn writer(&self) -> Box<dyn RowWriter> {
+        Box::new(HeldConnection::<Sqlite>::new(self.pool.clone()))
+    }
+
     async fn insert_metrics(&self, rows: &[MetricRow]) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        write_metrics(&mut tx, rows).await?;
-        tx.commit().await?;
-        crate::telemetry::prometheus::rows_stored("AnalyticsMetrics", rows.len());
-        Ok(())
+        Sqlite::store_metrics(&mut *self.pool.acquire().await?, rows).await
     }
 
     async fn insert_events(&self, rows: &[EventRow]) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        write_events(&mut tx, rows).await?;
-        tx.commit().await?;
-        crate::telemetry::prometheus::rows_stored("AnalyticsDetails", rows.len());
-        Ok(())
+        Sqlite::store_events(&mut *self.pool.acquire().await?, rows).await
     }
 
     async fn metric_by_id(&self, id: &str) -> Result<Option<StoredMetric>, StoreError> {
@@ -229,6 +226,31 @@ async fn claim_or_standing(
         .fetch_one(&mut *conn)
         .await?;
     Ok(Some(idempotency::outcome_of_existing(claim, existing)))
+}
+
+#[async_trait]
+impl BatchStatements for Sqlite {
+    async fn store_metrics(
+        conn: &mut SqliteConnection,
+        rows: &[MetricRow],
+    ) -> Result<(), StoreError> {
+        let mut tx = conn.begin().await?;
+        write_metrics(&mut tx, rows).await?;
+        tx.commit().await?;
+        crate::telemetry::prometheus::rows_stored("AnalyticsMetrics", rows.len());
+        Ok(())
+    }
+
+    async fn store_events(
+        conn: &mut SqliteConnection,
+        rows: &[EventRow],
+    ) -> Result<(), StoreError> {
+        let mut tx = conn.begin().await?;
+        write_events(&mut tx, rows).await?;
+        tx.commit().await?;
+        crate::telemetry::prometheus::rows_stored("AnalyticsDetails", rows.len());
+        Ok(())
+    }
 }
 
 /// Inserts the metrics on `conn` (the caller's transaction), one prepared statement each.

@@ -237,3 +237,40 @@ async fn shutdown_with_a_full_queue_answers_every_accepted_request() {
         20
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_whose_connection_the_server_drops_takes_a_new_one() {
+    // A writer keeps its connection while rows keep coming; a dropped one must not stick.
+    let app = TestApp::spawn_with(Backend::Postgres, |s| {
+        s.rate_limit.user_per_second = 0.0;
+        s.ingest.writers_per_table = 1;
+    })
+    .await;
+    let token = app.token("user-1");
+    let stored = app.post_json(METRIC, &metric("before"), Some(&token)).await;
+    assert_eq!(stored.status(), 200);
+    let mut conn = pg(&app).await;
+
+    let dropped = count(
+        &mut conn,
+        "select count(*) from (select pg_terminate_backend(pid) from pg_stat_activity \
+         where datname = current_database() and pid <> pg_backend_pid()) as t",
+    )
+    .await;
+    let mut statuses = Vec::new();
+    for i in 0..20 {
+        let body = metric(&format!("after-{i}"));
+        let status = app.post_json(METRIC, &body, Some(&token)).await.status();
+        statuses.push(status.as_u16());
+        if status == 200 {
+            break;
+        }
+    }
+
+    assert!(dropped > 0, "the service had no connection to drop");
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 503),
+        "a lost connection is 'retry later', never a 500: {statuses:?}"
+    );
+    assert_eq!(statuses.last(), Some(&200), "{statuses:?}");
+}

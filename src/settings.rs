@@ -222,6 +222,13 @@ pub enum LogFormat {
 pub struct LogSettings {
     /// `pretty` (local) or `json` (dev, prod).
     pub format: LogFormat,
+    /// Which lines are written, as `RUST_LOG` (which wins when set) would say.
+    #[serde(default = "default_log_filter")]
+    pub filter: String,
+}
+
+fn default_log_filter() -> String {
+    "info,sqlx=warn,tower_http=warn".to_owned()
 }
 
 /// Sentry client.

@@ -18,7 +18,7 @@ use crate::ingest::{GroupCommit, GroupCommitSettings};
 use crate::routes::{RouterLimits, router};
 use crate::server::ConnectionLimits;
 use crate::settings::Settings;
-use crate::state::AppState;
+use crate::state::{AppState, Handles};
 use crate::store::{self, Store};
 
 /// A bound, ready-to-run service.
@@ -68,7 +68,7 @@ impl Application {
             retention: Duration::from_secs(settings.idempotency.retention_secs),
             clock: clock.clone(),
         };
-        let state = AppState {
+        let state = AppState::new(Handles {
             store: store.clone(),
             ingest: ingest.clone(),
             authenticator,
@@ -80,7 +80,7 @@ impl Application {
                 .filter(|key| !key.expose_secret().trim().is_empty()),
             edge: Arc::new(Edge::new(&settings.rate_limit, &settings.browser)),
             idempotency: idempotency.clone(),
-        };
+        });
         let limits = RouterLimits {
             request_timeout: Duration::from_secs(settings.server.request_timeout_secs),
             batch_body_limit: settings.ingest.batch_body_limit_bytes,

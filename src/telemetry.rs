@@ -73,7 +73,7 @@ where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
     let guard = start_sentry(settings);
-    install_subscriber(settings.log.format, writer);
+    install_subscriber(settings.log.format, &settings.log.filter, writer);
     guard
 }
 
@@ -95,12 +95,11 @@ fn start_sentry(settings: &Settings) -> TelemetryGuard {
     }
 }
 
-fn install_subscriber<W>(format: LogFormat, writer: W)
+fn install_subscriber<W>(format: LogFormat, filter: &str, writer: W)
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=warn"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(filter));
     let fmt_layer = match format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()

@@ -39,11 +39,16 @@ pub fn router(state: AppState, limits: RouterLimits) -> Router {
             Router::new()
         })
         .fallback(|| async { ApiError::NotFound })
-        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .layer(axum::middleware::from_fn_with_state(
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed });
+    // Storage failures are watched only when there is a Discord channel to alert.
+    let routes = if state.alerts.is_some() {
+        routes.layer(axum::middleware::from_fn_with_state(
             state.clone(),
             alerts::watch_storage,
-        ));
+        ))
+    } else {
+        routes
+    };
     let hardened = crate::edge::harden(routes, &state, limits.request_timeout);
     crate::telemetry::http::instrument(hardened).with_state(state)
 }

@@ -23,9 +23,6 @@ use super::{ACCESS_TARGET, REPORTED_TARGET, prometheus};
 /// The request id header, taken from the client or generated (UUID v4), and returned.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// Routes polled by machines: their access line is at DEBUG.
-const PROBES: &[&str] = &["/healthz", "/readyz", "/metrics"];
-
 /// The route label of requests no route matched (keeps label values bounded).
 const UNMATCHED: &str = "unmatched";
 
@@ -37,12 +34,19 @@ where
 {
     prometheus::install();
     // `Router::layer` wraps each route: the last layer added runs first.
-    router
+    let router = router
         .layer(CatchPanicLayer::custom(panic_response))
-        .layer(middleware::from_fn(observe_request))
-        .layer(SentryHttpLayer::new().enable_transaction())
-        .layer(NewSentryLayer::<Request>::new_from_top())
-        .layer(middleware::map_request(continue_w3c_trace))
+        .layer(middleware::from_fn(observe_request));
+    // Without a Sentry client the hub and transaction layers would only cost time.
+    let router = if sentry_enabled() {
+        router
+            .layer(SentryHttpLayer::new().enable_transaction())
+            .layer(NewSentryLayer::<Request>::new_from_top())
+            .layer(middleware::map_request(continue_w3c_trace))
+    } else {
+        router
+    };
+    router
         .layer(SetSensitiveRequestHeadersLayer::new([
             header::AUTHORIZATION,
             header::COOKIE,
@@ -107,7 +111,14 @@ async fn observe_request(request: Request, next: Next) -> Response<Body> {
     .await
 }
 
+fn sentry_enabled() -> bool {
+    sentry::Hub::current().client().is_some()
+}
+
 fn tag_scope(method: &str, route: &str, request_id: &str) {
+    if !sentry_enabled() {
+        return;
+    }
     sentry::configure_scope(|scope| {
         scope.set_tag("request_id", request_id);
         // Names the transaction and the request's events by route template; unmatched
@@ -119,12 +130,10 @@ fn tag_scope(method: &str, route: &str, request_id: &str) {
 fn record(method: &'static str, route: &str, status: StatusCode, elapsed: Duration) {
     let status = status.as_u16();
     prometheus::http_request(method, route, status, elapsed);
+    // DEBUG: off by default, as a line per request costs the hot path; the request
+    // metrics above count every request anyway.
     let latency_ms = elapsed.as_secs_f64() * 1000.0;
-    if PROBES.contains(&route) {
-        tracing::debug!(target: ACCESS_TARGET, status, latency_ms, "request finished");
-    } else {
-        tracing::info!(target: ACCESS_TARGET, status, latency_ms, "request finished");
-    }
+    tracing::debug!(target: ACCESS_TARGET, status, latency_ms, "request finished");
 }
 
 /// Standard methods by name; anything else is one label value.

@@ -41,6 +41,8 @@ impl Write for CapturedLogs {
 pub fn start_telemetry(settings: &Settings) -> TelemetryGuard {
     let mut settings = settings.clone();
     settings.log.format = LogFormat::Json;
+    // Access lines are at DEBUG; the log tests read them.
+    settings.log.filter = "info,analytics_service::access=debug".to_owned();
     telemetry::init_with_writer(&settings, || CapturedLogs)
 }
 

@@ -123,6 +123,9 @@ pub struct IngestSettings {
     pub batch_max_items: usize,
     /// Largest body of a batch-endpoint request, in bytes.
     pub batch_body_limit_bytes: usize,
+    /// Batch-endpoint requests read and stored at once; more wait for a turn (bounds memory).
+    #[serde(default = "default_batch_max_concurrent")]
+    pub batch_max_concurrent: usize,
 }
 
 /// Where and how the HTTP server listens.
@@ -225,6 +228,10 @@ pub struct LogSettings {
     /// Which lines are written, as `RUST_LOG` (which wins when set) would say.
     #[serde(default = "default_log_filter")]
     pub filter: String,
+}
+
+fn default_batch_max_concurrent() -> usize {
+    8
 }
 
 fn default_log_filter() -> String {
@@ -436,9 +443,12 @@ impl Settings {
         if self.ingest.max_batch == 0 || self.ingest.queue_capacity == 0 {
             return invalid("ingest.max_batch and ingest.queue_capacity must be at least 1");
         }
-        if self.ingest.batch_max_items == 0 || self.ingest.writers_per_table == 0 {
+        if self.ingest.batch_max_items == 0
+            || self.ingest.writers_per_table == 0
+            || self.ingest.batch_max_concurrent == 0
+        {
             return invalid(
-                "ingest.batch_max_items and ingest.writers_per_table must be at least 1",
+                "ingest.batch_max_items, ingest.writers_per_table and ingest.batch_max_concurrent must be at least 1",
             );
         }
         if self.server.header_read_timeout_secs == 0 || self.server.max_connections == 0 {

@@ -75,6 +75,10 @@ impl Application {
             clock,
             body_limit: settings.server.body_limit_bytes,
             batch_max_items: settings.ingest.batch_max_items,
+            batch_turns: Arc::new(tokio::sync::Semaphore::new(
+                settings.ingest.batch_max_concurrent,
+            )),
+            batch_turn_wait: settings.database.acquire_timeout(),
             alerts: alerter,
             alerts_api_key: Some(settings.discord.alerts_api_key.clone())
                 .filter(|key| !key.expose_secret().trim().is_empty()),

@@ -46,6 +46,10 @@ pub struct Handles {
     pub body_limit: usize,
     /// Most items in one batch-endpoint request.
     pub batch_max_items: usize,
+    /// Turns for batch-endpoint requests (see [`crate::routes`]'s `BatchTurn`).
+    pub batch_turns: Arc<tokio::sync::Semaphore>,
+    /// How long a batch request waits for a turn before 503.
+    pub batch_turn_wait: std::time::Duration,
     /// Discord alerts; `None` when no bot token is configured.
     pub alerts: Option<Arc<Alerter>>,
     /// `X-API-Key` accepted by the alerts endpoint; `None` when not configured.

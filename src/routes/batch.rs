@@ -3,7 +3,8 @@
 //! result per item, in order.
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
 use serde::Serialize;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -14,7 +15,7 @@ use crate::auth::Caller;
 use crate::domain::{FieldError, NewAnalyticsEvent, NewMetric, parse_batch};
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::store::{EventRow, MetricRow};
+use crate::store::{EventRow, MetricRow, StoreError};
 
 /// One item's outcome: `{"id": "…"}` or `{"error": [<422 error objects>]}`.
 #[derive(Debug, Serialize)]
@@ -32,6 +33,32 @@ pub fn routes(body_limit: usize) -> OpenApiRouter<AppState> {
         .routes(routes!(log_raw_metric_batch))
         .routes(routes!(log_raw_analytics_batch))
         .layer(crate::edge::limits::body_limit(body_limit))
+}
+
+/// A turn to read and store one batch request. Taken before the body is read, so at most
+/// `ingest.batch_max_concurrent` bodies are in memory at once; a request that gets no turn
+/// within the database's acquire timeout is answered 503, like one that gets no connection.
+pub struct BatchTurn {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl FromRequestParts<AppState> for BatchTurn {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let turn = state.batch_turns.clone().acquire_owned();
+        match tokio::time::timeout(state.batch_turn_wait, turn).await {
+            Ok(Ok(permit)) => Ok(BatchTurn { _permit: permit }),
+            _ => {
+                let hint = if parts.uri.path().contains("log_raw_metric") {
+                    METRIC_HINT
+                } else {
+                    ANALYTICS_HINT
+                };
+                Err(ApiError::storage(StoreError::QueueFull, hint))
+            }
+        }
+    }
 }
 
 /// Splits parse results into rows to store and the per-item answers (ids filled in now,
@@ -72,6 +99,7 @@ fn plan<T, R>(
 pub async fn log_raw_metric_batch(
     State(state): State<AppState>,
     caller: Result<Caller, ApiError>,
+    _turn: BatchTurn,
     body: JsonBody,
 ) -> Result<Json<Vec<ItemResult>>, ApiError> {
     let caller = crate::edge::admit(&state, caller?)?;
@@ -109,6 +137,7 @@ pub async fn log_raw_metric_batch(
 pub async fn log_raw_analytics_batch(
     State(state): State<AppState>,
     caller: Result<Caller, ApiError>,
+    _turn: BatchTurn,
     body: JsonBody,
 ) -> Result<Json<Vec<ItemResult>>, ApiError> {
     let caller = crate::edge::admit(&state, caller?)?;

@@ -1,8 +1,10 @@
 //! The batch endpoints: one result per item, in order; valid items stored together.
 
+use secrecy::ExposeSecret;
 use serde_json::{Value, json};
+use sqlx::{Connection, Executor, PgConnection};
 
-use crate::helpers::{Backend, TestApp};
+use crate::helpers::{Backend, TestApp, wait_for_lock_waiter};
 use crate::on_both_backends;
 
 const METRICS: &str = "/api/analytics/log_raw_metric/batch";
@@ -114,4 +116,45 @@ async fn batches_need_a_token_and_have_their_own_body_limit() {
         too_big.json::<Value>().await.unwrap(),
         json!({"detail": "Request body too large: the limit is 500 bytes"})
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_that_gets_no_turn_in_time_is_answered_503() {
+    let app = TestApp::spawn_with(Backend::Postgres, |s| {
+        s.ingest.batch_max_concurrent = 1;
+        s.database.acquire_timeout_ms = 300;
+    })
+    .await;
+    let url = app.settings.database.url.as_ref().unwrap().expose_secret();
+    let mut blocker = PgConnection::connect(url).await.unwrap();
+    blocker
+        .execute(r#"begin; lock table "AnalyticsMetrics" in access exclusive mode"#)
+        .await
+        .unwrap();
+    let token = app.token("user-1");
+    let batch = |name: &str| {
+        let item = json!({"metric_name": name, "metric_value": 1, "data_string": "d"});
+        app.client
+            .post(app.url(METRICS))
+            .bearer_auth(&token)
+            .json(&json!([item]))
+            .send()
+    };
+    // The first batch takes the only turn and waits on the table lock.
+    let first = tokio::spawn(batch("first"));
+    wait_for_lock_waiter(url).await;
+
+    let second = batch("second").await.unwrap();
+
+    assert_eq!(second.status(), 503);
+    assert_eq!(second.headers()["retry-after"], "1");
+    let body: Value = second.json().await.unwrap();
+    assert_eq!(
+        body["detail"]["hint"],
+        "Check analytics service connection and retry."
+    );
+    blocker.execute("commit").await.unwrap();
+    assert_eq!(first.await.unwrap().unwrap().status(), 200);
+    let third = batch("third").await.unwrap();
+    assert_eq!(third.status(), 200, "the turn is given back");
 }

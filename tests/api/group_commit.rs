@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use sqlx::{Connection, Executor, PgConnection};
 use tokio::task::JoinSet;
 
-use crate::helpers::{Backend, TestApp};
+use crate::helpers::{Backend, TestApp, wait_for_lock_waiter};
 use crate::on_both_backends;
 
 const METRIC: &str = "/api/analytics/log_raw_metric";
@@ -48,22 +48,6 @@ async fn pg(app: &TestApp) -> PgConnection {
 async fn count(conn: &mut PgConnection, sql: &'static str) -> i64 {
     let (n,): (i64,) = sqlx::query_as(sql).fetch_one(conn).await.unwrap();
     n
-}
-
-/// Polls until a session of this database waits on a lock (a writer reached the table).
-async fn wait_for_lock_waiter(conn: &mut PgConnection) {
-    for _ in 0..200 {
-        let waiting = count(
-            conn,
-            "select count(*) from pg_stat_activity where wait_event_type = 'Lock' and datname = current_database()",
-        )
-        .await;
-        if waiting > 0 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("no writer ever waited on the table lock");
 }
 
 async fn concurrent_requests_get_distinct_ids_and_all_rows_are_stored(app: TestApp) {
@@ -166,7 +150,7 @@ async fn a_full_queue_answers_503_with_retry_after() {
             .send()
     };
     let first = tokio::spawn(send("first"));
-    wait_for_lock_waiter(&mut pg(&app).await).await;
+    wait_for_lock_waiter(app.settings.database.url.as_ref().unwrap().expose_secret()).await;
     let mut rest = JoinSet::new();
     for i in 0..5 {
         rest.spawn(send(&format!("r{i}")));
@@ -215,7 +199,7 @@ async fn shutdown_with_a_full_queue_answers_every_accepted_request() {
             .send();
         requests.spawn(request);
     }
-    wait_for_lock_waiter(&mut pg(&app).await).await;
+    wait_for_lock_waiter(app.settings.database.url.as_ref().unwrap().expose_secret()).await;
 
     let release_later = async {
         tokio::time::sleep(Duration::from_millis(300)).await;

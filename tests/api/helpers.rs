@@ -299,3 +299,21 @@ macro_rules! on_both_backends {
         }
     };
 }
+
+/// Polls until some session waits on a lock, i.e. the request reached the database.
+pub async fn wait_for_lock_waiter(url: &str) {
+    let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+    for _ in 0..100 {
+        let (waiting,): (i64,) = sqlx::query_as(
+            "select count(*) from pg_stat_activity where wait_event_type = 'Lock' and datname = current_database()",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the request never reached the database");
+}

@@ -7,7 +7,7 @@ use analytics_service::clock::SystemClock;
 use serde_json::{Value, json};
 use sqlx::{Connection, Executor};
 
-use crate::helpers::{Backend, TestApp, TestDatabase, test_settings};
+use crate::helpers::{Backend, TestApp, TestDatabase, test_settings, wait_for_lock_waiter};
 
 const METRIC: &str = "/api/analytics/log_raw_metric";
 
@@ -168,22 +168,4 @@ async fn shutdown_lets_in_flight_requests_finish() {
             .await
             .unwrap();
     assert_eq!(count, 1);
-}
-
-/// Polls until some session waits on a lock, i.e. the request reached the database.
-async fn wait_for_lock_waiter(url: &str) {
-    let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
-    for _ in 0..100 {
-        let (waiting,): (i64,) = sqlx::query_as(
-            "select count(*) from pg_stat_activity where wait_event_type = 'Lock' and datname = current_database()",
-        )
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
-        if waiting > 0 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the request never reached the database");
 }

@@ -66,10 +66,13 @@ pub fn harden(
     state: &AppState,
     request_timeout: Duration,
 ) -> Router<AppState> {
-    let router = router
-        .layer(limits::body_limit(state.body_limit))
-        .layer(RequestDecompressionLayer::new());
-    // Unused middleware is left out rather than passed through: every layer costs each request.
+    // Few `Router::layer` calls, each a composed stack (see `telemetry::http::instrument`),
+    // listed outermost first. Unused middleware is left out rather than passed through.
+    let router = router.layer(
+        ServiceBuilder::new()
+            .layer(RequestDecompressionLayer::new())
+            .layer(limits::body_limit(state.body_limit)),
+    );
     let router = if state.edge.rate_limits.limits_ips() {
         router.layer(middleware::from_fn_with_state(
             state.edge.clone(),
@@ -78,17 +81,13 @@ pub fn harden(
     } else {
         router
     };
-    let router = router
-        .layer(
-            ServiceBuilder::new()
-                .layer(HandleErrorLayer::new(limits::timed_out))
-                .timeout(request_timeout),
-        )
-        .layer(middleware::map_response(limits::shape_empty_errors));
-    match cors::layer(&state.edge.browser) {
-        Some(cors) => router.layer(cors),
-        None => router,
-    }
+    router.layer(
+        ServiceBuilder::new()
+            .option_layer(cors::layer(&state.edge.browser))
+            .layer(middleware::map_response(limits::shape_empty_errors))
+            .layer(HandleErrorLayer::new(limits::timed_out))
+            .timeout(request_timeout),
+    )
 }
 
 /// Before auth: one token from the client IP's bucket.

@@ -63,6 +63,10 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
+        // Answers are one small write each: never hold them back waiting for an ACK (Nagle).
+        if let Err(err) = stream.set_nodelay(true) {
+            tracing::debug!(error = %err, %peer, "could not set TCP_NODELAY");
+        }
         let service =
             router
                 .clone()

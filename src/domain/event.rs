@@ -4,7 +4,7 @@ use serde_json::{Map, Value};
 
 use super::{
     FieldError, Location, body_object, fields, input_of, pyjson, strip_control_chars,
-    strip_control_chars_in_map,
+    strip_control_chars_in_map, strip_control_chars_in_map_in_place,
 };
 
 /// Most UTF-8 bytes in `type` and in `data_index`. Both are keys of PostgreSQL's b-tree index
@@ -26,19 +26,52 @@ pub struct NewAnalyticsEvent {
 impl NewAnalyticsEvent {
     /// Validates a JSON body, reporting every field error at once.
     pub fn parse(body: &Value) -> Result<Self, Vec<FieldError>> {
-        let object = body_object(body, "LogRawAnalyticsRequest")?;
-        let mut errors = Vec::new();
-        let event_type = indexed_string(object, "type", &mut errors);
-        let data = dict(object, "data", &mut errors);
-        let data_index = indexed_string(object, "data_index", &mut errors);
-        match (event_type, data, data_index) {
-            (Some(event_type), Some(data), Some(data_index)) => Ok(NewAnalyticsEvent {
-                event_type: strip_control_chars(event_type),
-                data: strip_control_chars_in_map(data),
-                data_index: strip_control_chars(data_index),
-            }),
-            _ => Err(errors),
-        }
+        let (event_type, data, data_index) = validate(body)?;
+        Ok(NewAnalyticsEvent {
+            event_type: strip_control_chars(event_type),
+            data: strip_control_chars_in_map(data),
+            data_index: strip_control_chars(data_index),
+        })
+    }
+
+    /// As [`parse`](Self::parse), taking the body: `data` is moved out and cleaned in place
+    /// rather than copied (the single-event hot path; a copy showed in its profile).
+    pub fn parse_owned(mut body: Value) -> Result<Self, Vec<FieldError>> {
+        let (event_type, data_index) = {
+            let (event_type, _, data_index) = validate(&body)?;
+            (
+                strip_control_chars(event_type),
+                strip_control_chars(data_index),
+            )
+        };
+        let data = body
+            .as_object_mut()
+            .and_then(|object| object.remove("data"));
+        let Some(Value::Object(mut data)) = data else {
+            unreachable!("validate checked that data is an object");
+        };
+        strip_control_chars_in_map_in_place(&mut data);
+        Ok(NewAnalyticsEvent {
+            event_type,
+            data,
+            data_index,
+        })
+    }
+}
+
+/// `type`, `data` and `data_index`, borrowed from a valid body.
+type ValidFields<'a> = (&'a str, &'a Map<String, Value>, &'a str);
+
+/// The body's `type`, `data` and `data_index` when all are valid, else every field error.
+fn validate(body: &Value) -> Result<ValidFields<'_>, Vec<FieldError>> {
+    let object = body_object(body, "LogRawAnalyticsRequest")?;
+    let mut errors = Vec::new();
+    let event_type = indexed_string(object, "type", &mut errors);
+    let data = dict(object, "data", &mut errors);
+    let data_index = indexed_string(object, "data_index", &mut errors);
+    match (event_type, data, data_index) {
+        (Some(event_type), Some(data), Some(data_index)) => Ok((event_type, data, data_index)),
+        _ => Err(errors),
     }
 }
 
@@ -159,5 +192,23 @@ mod tests {
 
         assert_eq!(event.event_type, "t");
         assert_eq!(Value::Object(event.data), json!({"k": "v"}));
+    }
+
+    #[test]
+    fn parsing_an_owned_body_gives_what_parsing_a_borrowed_one_gives() {
+        let bodies = [
+            json!({"type": "t\u{0}", "data": {"k\u{1}": ["v\u{7f}", {"n\u{8}": "w"}], "ok": 1},
+                   "data_index": "i\u{b}"}),
+            json!({"type": "t", "data": {"a": {"b": [1, "c"]}}, "data_index": ""}),
+            json!({"type": "t", "data": [], "data_index": 5}),
+            json!("not an object"),
+        ];
+        for body in bodies {
+            assert_eq!(
+                NewAnalyticsEvent::parse_owned(body.clone()),
+                NewAnalyticsEvent::parse(&body),
+                "{body}"
+            );
+        }
     }
 }

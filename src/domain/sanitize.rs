@@ -36,6 +36,32 @@ pub fn strip_control_chars_in_map(map: &Map<String, Value>) -> Map<String, Value
         .collect()
 }
 
+/// [`strip_control_chars_in_map`] done in place: only strings that hold a stripped
+/// character are rewritten (and the map rebuilt only when one of its keys does).
+pub fn strip_control_chars_in_map_in_place(map: &mut Map<String, Value>) {
+    if map.keys().any(|key| key.chars().any(is_stripped)) {
+        let mut rebuilt = Map::with_capacity(map.len());
+        for (key, mut value) in std::mem::take(map) {
+            strip_in_place(&mut value);
+            rebuilt.insert(strip_control_chars(&key), value);
+        }
+        *map = rebuilt;
+    } else {
+        map.values_mut().for_each(strip_in_place);
+    }
+}
+
+fn strip_in_place(value: &mut Value) {
+    match value {
+        Value::String(text) if text.chars().any(is_stripped) => {
+            text.retain(|c| !is_stripped(c));
+        }
+        Value::Array(items) => items.iter_mut().for_each(strip_in_place),
+        Value::Object(map) => strip_control_chars_in_map_in_place(map),
+        _ => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -89,7 +89,8 @@ pub async fn log_raw_analytics(
     mut body: JsonBody,
 ) -> Result<Json<String>, ApiError> {
     let caller = admit(&state, beacon::caller(&state, caller, &mut body)?)?;
-    let event = NewAnalyticsEvent::parse(&body.value).map_err(|errors| body.invalid(errors))?;
+    let value = std::mem::take(&mut body.value);
+    let event = NewAnalyticsEvent::parse_owned(value).map_err(|errors| body.invalid(errors))?;
     let row = EventRow::new(state.clock.now(), caller.user_id, event);
     let id = row.id;
     let keyed = state

@@ -5,6 +5,7 @@
 //! checked with the configured secret and never with a public key.
 
 pub mod jwks;
+mod verified;
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -21,6 +22,7 @@ use crate::settings::AuthSettings;
 use crate::state::AppState;
 
 use self::jwks::JwksCache;
+use self::verified::VerifiedTokens;
 
 /// Asymmetric algorithms accepted from the JWKS (the key's own `alg` narrows further).
 const ASYMMETRIC: &[Algorithm] = &[
@@ -75,7 +77,7 @@ pub enum AuthError {
     },
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 struct Claims {
     #[serde(default)]
     sub: Option<String>,
@@ -83,6 +85,9 @@ struct Claims {
     role: Option<String>,
     #[serde(default)]
     iat: Option<f64>,
+    /// Kept loose (jsonwebtoken judges its format); read by the verified-token cache.
+    #[serde(default)]
+    exp: Option<serde_json::Value>,
 }
 
 /// Verifies bearer tokens with the configured key and/or key set; built once at start-up.
@@ -90,6 +95,7 @@ pub struct Authenticator {
     hmac: Option<DecodingKey>,
     validation: Validation,
     jwks: Option<JwksCache>,
+    verified: VerifiedTokens,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -151,6 +157,7 @@ impl Authenticator {
                 .map(|k| DecodingKey::from_secret(k.as_bytes())),
             validation,
             jwks,
+            verified: VerifiedTokens::default(),
         }
     }
 
@@ -165,6 +172,9 @@ impl Authenticator {
     /// are checked against the keys already cached only; `authenticate_async` may fetch.
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, AuthError> {
         let token = bearer_token(headers).ok_or(AuthError::Missing)?;
+        if let Some(claims) = self.verified.get(token, now()) {
+            return self.caller(headers, claims);
+        }
         let claims = match self.route(token)? {
             KeyRoute::Hmac => self.verify_hmac(token)?,
             KeyRoute::Jwks { kid, alg } => {
@@ -186,6 +196,9 @@ impl Authenticator {
     /// As `authenticate`, fetching the key set when the token names an unknown `kid`.
     pub async fn authenticate_async(&self, headers: &HeaderMap) -> Result<Caller, AuthError> {
         let token = bearer_token(headers).ok_or(AuthError::Missing)?;
+        if let Some(claims) = self.verified.get(token, now()) {
+            return self.caller(headers, claims);
+        }
         let claims = match self.route(token)? {
             KeyRoute::Hmac => self.verify_hmac(token)?,
             KeyRoute::Jwks { kid, alg } => {
@@ -228,7 +241,9 @@ impl Authenticator {
 
     fn verify_hmac(&self, token: &str) -> Result<Claims, AuthError> {
         let key = self.hmac.as_ref().expect("routed to HMAC only with a key");
-        self.verify(token, key, &self.validation)
+        let claims = self.verify(token, key, &self.validation)?;
+        self.verified.insert(token, &claims);
+        Ok(claims)
     }
 
     fn verify_jwks(
@@ -285,14 +300,18 @@ impl Authenticator {
                 kind => AuthError::Invalid(reason(kind)),
             })?;
         // jsonwebtoken does not look at `iat`; PyJWT refuses one in the future.
-        let now = jsonwebtoken::get_current_timestamp() as f64;
-        if data.claims.iat.is_some_and(|iat| iat > now) {
+        if data.claims.iat.is_some_and(|iat| iat > now()) {
             return Err(AuthError::Invalid(
                 "The token is not yet valid (iat)".to_owned(),
             ));
         }
         Ok(data.claims)
     }
+}
+
+/// Unix seconds, as jsonwebtoken compares `exp` and `nbf`.
+fn now() -> f64 {
+    jsonwebtoken::get_current_timestamp() as f64
 }
 
 /// PyJWT's wording for each failure, which the original put after "Invalid token: ".

@@ -110,6 +110,28 @@ async fn an_expired_token_has_expired() {
 }
 
 #[tokio::test]
+async fn a_token_that_was_accepted_is_refused_once_it_expires() {
+    // Verified tokens are remembered (no second HMAC); the memory must not outlive `exp`.
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let expires = now() + 2;
+    let token = sign(
+        &app,
+        Algorithm::HS256,
+        &with(claims(), "exp", json!(expires)),
+    );
+    let bearer = format!("Bearer {token}");
+
+    let (first, _, _) = send(&app, Some(&bearer)).await;
+    let (again, _, _) = send(&app, Some(&bearer)).await;
+    while now() <= expires {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    assert_eq!((first, again), (200, 200));
+    assert_refused(&app, Some(&bearer), "Token has expired").await;
+}
+
+#[tokio::test]
 async fn bad_tokens_are_invalid_with_a_reason() {
     let app = TestApp::spawn(Backend::Sqlite).await;
     let wrong_key = sign_with(

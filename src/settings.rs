@@ -124,7 +124,6 @@ pub struct IngestSettings {
     /// Largest body of a batch-endpoint request, in bytes.
     pub batch_body_limit_bytes: usize,
     /// Batch-endpoint requests read and stored at once; more wait for a turn (bounds memory).
-    #[serde(default = "default_batch_max_concurrent")]
     pub batch_max_concurrent: usize,
 }
 
@@ -226,16 +225,7 @@ pub struct LogSettings {
     /// `pretty` (local) or `json` (dev, prod).
     pub format: LogFormat,
     /// Which lines are written, as `RUST_LOG` (which wins when set) would say.
-    #[serde(default = "default_log_filter")]
     pub filter: String,
-}
-
-fn default_batch_max_concurrent() -> usize {
-    8
-}
-
-fn default_log_filter() -> String {
-    "info,sqlx=warn,tower_http=warn".to_owned()
 }
 
 /// Sentry client.

@@ -150,13 +150,12 @@ impl RateLimits {
         }
     }
 
-    /// Takes a token from the client IP's bucket.
     /// True when per-IP limiting is configured (else its middleware is not installed).
     pub fn limits_ips(&self) -> bool {
         self.ip.is_some()
     }
 
-    /// Takes a token from the IP's bucket.
+    /// Takes a token from the client IP's bucket.
     pub fn check_ip(&self, ip: &str) -> Result<(), RateLimited> {
         self.check(self.ip.as_ref(), ip)
     }

@@ -4,7 +4,7 @@ use serde_json::{Map, Value};
 
 use super::{
     FieldError, Location, body_object, fields, input_of, pyjson, strip_control_chars,
-    strip_control_chars_in_map, strip_control_chars_in_map_in_place,
+    strip_control_chars_in_map,
 };
 
 /// Most UTF-8 bytes in `type` and in `data_index`. Both are keys of PostgreSQL's b-tree index
@@ -27,9 +27,11 @@ impl NewAnalyticsEvent {
     /// Validates a JSON body, reporting every field error at once.
     pub fn parse(body: &Value) -> Result<Self, Vec<FieldError>> {
         let (event_type, data, data_index) = validate(body)?;
+        let mut data = data.clone();
+        strip_control_chars_in_map(&mut data);
         Ok(NewAnalyticsEvent {
             event_type: strip_control_chars(event_type),
-            data: strip_control_chars_in_map(data),
+            data,
             data_index: strip_control_chars(data_index),
         })
     }
@@ -50,7 +52,7 @@ impl NewAnalyticsEvent {
         let Some(Value::Object(mut data)) = data else {
             unreachable!("validate checked that data is an object");
         };
-        strip_control_chars_in_map_in_place(&mut data);
+        strip_control_chars_in_map(&mut data);
         Ok(NewAnalyticsEvent {
             event_type,
             data,

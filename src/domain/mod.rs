@@ -11,10 +11,7 @@ pub use batch::parse_batch;
 pub use event::NewAnalyticsEvent;
 pub use field_error::{FieldError, Location};
 pub use metric::NewMetric;
-pub use sanitize::{
-    strip_control_chars, strip_control_chars_in_json, strip_control_chars_in_map,
-    strip_control_chars_in_map_in_place,
-};
+pub use sanitize::{strip_control_chars, strip_control_chars_in_json, strip_control_chars_in_map};
 
 use serde_json::{Map, Value};
 

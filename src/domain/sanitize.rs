@@ -16,49 +16,31 @@ pub fn strip_control_chars(text: &str) -> String {
     }
 }
 
-/// A copy of `value` with the same stripping applied to every string, object keys included.
-/// (Built straight from the borrowed body, so the data is copied once.)
-pub fn strip_control_chars_in_json(value: &Value) -> Value {
-    match value {
-        Value::String(s) => Value::String(strip_control_chars(s)),
-        Value::Array(items) => {
-            Value::Array(items.iter().map(strip_control_chars_in_json).collect())
-        }
-        Value::Object(map) => Value::Object(strip_control_chars_in_map(map)),
-        other => other.clone(),
-    }
-}
-
-/// [`strip_control_chars_in_json`] for an object.
-pub fn strip_control_chars_in_map(map: &Map<String, Value>) -> Map<String, Value> {
-    map.iter()
-        .map(|(k, v)| (strip_control_chars(k), strip_control_chars_in_json(v)))
-        .collect()
-}
-
-/// [`strip_control_chars_in_map`] done in place: only strings that hold a stripped
-/// character are rewritten (and the map rebuilt only when one of its keys does).
-pub fn strip_control_chars_in_map_in_place(map: &mut Map<String, Value>) {
-    if map.keys().any(|key| key.chars().any(is_stripped)) {
-        let mut rebuilt = Map::with_capacity(map.len());
-        for (key, mut value) in std::mem::take(map) {
-            strip_in_place(&mut value);
-            rebuilt.insert(strip_control_chars(&key), value);
-        }
-        *map = rebuilt;
-    } else {
-        map.values_mut().for_each(strip_in_place);
-    }
-}
-
-fn strip_in_place(value: &mut Value) {
+/// Applies the same stripping to every string in `value`, object keys included, in place:
+/// only strings that hold a stripped character are rewritten.
+pub fn strip_control_chars_in_json(value: &mut Value) {
     match value {
         Value::String(text) if text.chars().any(is_stripped) => {
             text.retain(|c| !is_stripped(c));
         }
-        Value::Array(items) => items.iter_mut().for_each(strip_in_place),
-        Value::Object(map) => strip_control_chars_in_map_in_place(map),
+        Value::Array(items) => items.iter_mut().for_each(strip_control_chars_in_json),
+        Value::Object(map) => strip_control_chars_in_map(map),
         _ => {}
+    }
+}
+
+/// [`strip_control_chars_in_json`] for an object; the map is rebuilt only when one of its
+/// keys holds a stripped character.
+pub fn strip_control_chars_in_map(map: &mut Map<String, Value>) {
+    if map.keys().any(|key| key.chars().any(is_stripped)) {
+        let mut rebuilt = Map::with_capacity(map.len());
+        for (key, mut value) in std::mem::take(map) {
+            strip_control_chars_in_json(&mut value);
+            rebuilt.insert(strip_control_chars(&key), value);
+        }
+        *map = rebuilt;
+    } else {
+        map.values_mut().for_each(strip_control_chars_in_json);
     }
 }
 
@@ -79,7 +61,8 @@ mod tests {
     fn strips_inside_nested_values_and_keys() {
         let dirty = json!({"k\u{0}ey": ["x\u{1}", {"n\u{8}": "v\u{b}"}], "n": 1});
 
-        let clean = strip_control_chars_in_json(&dirty);
+        let mut clean = dirty;
+        strip_control_chars_in_json(&mut clean);
 
         assert_eq!(clean, json!({"key": ["x", {"n": "v"}], "n": 1}));
     }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{MatchedPath, Request};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderName, HeaderValue, Method, Response, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::IntoResponse;
@@ -38,7 +38,8 @@ where
     // given per request, which showed in `perf`; a `ServiceBuilder` stack is composed once.
     // Still a router layer (not around the router) so that `MatchedPath` is known.
     // Without a Sentry client the hub and transaction layers would only cost time.
-    let sentry = sentry_enabled().then(|| {
+    let sentry_on = sentry::Hub::current().client().is_some();
+    let sentry = sentry_on.then(|| {
         ServiceBuilder::new()
             .layer(middleware::map_request(continue_w3c_trace))
             .layer(NewSentryLayer::<Request>::new_from_top())
@@ -56,7 +57,7 @@ where
                 HeaderName::from_static("x-api-key"),
             ]))
             .option_layer(sentry)
-            .layer(middleware::from_fn(observe_request))
+            .layer(middleware::from_fn_with_state(sentry_on, observe_request))
             .layer(CatchPanicLayer::custom(panic_response)),
     )
 }
@@ -93,13 +94,19 @@ fn request_id_of<B>(request: &axum::http::Request<B>) -> &str {
 /// tags the request's Sentry scope, records the request metrics and logs the access line.
 // The span is opened here, inside the Sentry transaction, so that it becomes one of its
 // child spans (tower-http's TraceLayer opens its span before the transaction starts).
-async fn observe_request(request: Request, next: Next) -> Response<Body> {
+async fn observe_request(
+    State(sentry_on): State<bool>,
+    request: Request,
+    next: Next,
+) -> Response<Body> {
     let started = Instant::now();
     let method = method_label(request.method());
     let route = route_of(&request).unwrap_or(UNMATCHED).to_owned();
     let request_id = request_id_of(&request).to_owned();
     // Before the span is entered: entering it switches to a copy of the request's hub.
-    tag_scope(method, &route, &request_id);
+    if sentry_on {
+        tag_scope(method, &route, &request_id);
+    }
     let span = tracing::info_span!(
         "http.request",
         http.method = method,
@@ -115,14 +122,7 @@ async fn observe_request(request: Request, next: Next) -> Response<Body> {
     .await
 }
 
-fn sentry_enabled() -> bool {
-    sentry::Hub::current().client().is_some()
-}
-
 fn tag_scope(method: &str, route: &str, request_id: &str) {
-    if !sentry_enabled() {
-        return;
-    }
     sentry::configure_scope(|scope| {
         scope.set_tag("request_id", request_id);
         // Names the transaction and the request's events by route template; unmatched

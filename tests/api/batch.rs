@@ -1,10 +1,9 @@
 //! The batch endpoints: one result per item, in order; valid items stored together.
 
-use secrecy::ExposeSecret;
 use serde_json::{Value, json};
-use sqlx::{Connection, Executor, PgConnection};
+use sqlx::Executor;
 
-use crate::helpers::{Backend, TestApp, wait_for_lock_waiter};
+use crate::helpers::{Backend, TestApp, metric_storage_503_body};
 use crate::on_both_backends;
 
 const METRICS: &str = "/api/analytics/log_raw_metric/batch";
@@ -125,12 +124,7 @@ async fn a_batch_that_gets_no_turn_in_time_is_answered_503() {
         s.database.acquire_timeout_ms = 300;
     })
     .await;
-    let url = app.settings.database.url.as_ref().unwrap().expose_secret();
-    let mut blocker = PgConnection::connect(url).await.unwrap();
-    blocker
-        .execute(r#"begin; lock table "AnalyticsMetrics" in access exclusive mode"#)
-        .await
-        .unwrap();
+    let mut blocker = app.lock_metrics_table().await;
     let token = app.token("user-1");
     let batch = |name: &str| {
         let item = json!({"metric_name": name, "metric_value": 1, "data_string": "d"});
@@ -142,17 +136,11 @@ async fn a_batch_that_gets_no_turn_in_time_is_answered_503() {
     };
     // The first batch takes the only turn and waits on the table lock.
     let first = tokio::spawn(batch("first"));
-    wait_for_lock_waiter(url).await;
+    app.wait_for_lock_waiter().await;
 
     let second = batch("second").await.unwrap();
 
-    assert_eq!(second.status(), 503);
-    assert_eq!(second.headers()["retry-after"], "1");
-    let body: Value = second.json().await.unwrap();
-    assert_eq!(
-        body["detail"]["hint"],
-        "Check analytics service connection and retry."
-    );
+    metric_storage_503_body(second).await;
     blocker.execute("commit").await.unwrap();
     assert_eq!(first.await.unwrap().unwrap().status(), 200);
     let third = batch("third").await.unwrap();

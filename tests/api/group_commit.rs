@@ -4,12 +4,11 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use secrecy::ExposeSecret;
 use serde_json::{Value, json};
-use sqlx::{Connection, Executor, PgConnection};
+use sqlx::{Executor, PgConnection};
 use tokio::task::JoinSet;
 
-use crate::helpers::{Backend, TestApp, wait_for_lock_waiter};
+use crate::helpers::{Backend, TestApp, metric_storage_503_body};
 use crate::on_both_backends;
 
 const METRIC: &str = "/api/analytics/log_raw_metric";
@@ -38,11 +37,6 @@ async fn post_all(app: &TestApp, bodies: Vec<Value>) -> Vec<(u16, Value)> {
         });
     }
     requests.join_all().await
-}
-
-async fn pg(app: &TestApp) -> PgConnection {
-    let url = app.settings.database.url.as_ref().unwrap().expose_secret();
-    PgConnection::connect(url).await.unwrap()
 }
 
 async fn count(conn: &mut PgConnection, sql: &'static str) -> i64 {
@@ -82,7 +76,7 @@ async fn five_hundred_concurrent_requests_take_fewer_transactions_than_requests(
     let answers = post_all(&app, bodies).await;
 
     assert!(answers.iter().all(|(status, _)| *status == 200));
-    let mut conn = pg(&app).await;
+    let mut conn = app.pg().await;
     assert_eq!(
         count(&mut conn, r#"select count(*) from "AnalyticsMetrics""#).await,
         500
@@ -106,7 +100,7 @@ async fn a_row_the_database_refuses_fails_only_its_own_request() {
         s.ingest.max_wait_us = 300_000;
     })
     .await;
-    let mut conn = pg(&app).await;
+    let mut conn = app.pg().await;
     conn.execute(r#"alter table "AnalyticsMetrics" add constraint no_poison check ("analyticMetric" <> 'poison')"#)
         .await
         .unwrap();
@@ -136,11 +130,7 @@ async fn a_full_queue_answers_503_with_retry_after() {
         s.ingest.queue_capacity = 1;
     })
     .await;
-    let mut blocker = pg(&app).await;
-    blocker
-        .execute(r#"begin; lock table "AnalyticsMetrics" in access exclusive mode"#)
-        .await
-        .unwrap();
+    let mut blocker = app.lock_metrics_table().await;
     let token = app.token("user-1");
     let send = |name: &str| {
         app.client
@@ -150,7 +140,7 @@ async fn a_full_queue_answers_503_with_retry_after() {
             .send()
     };
     let first = tokio::spawn(send("first"));
-    wait_for_lock_waiter(app.settings.database.url.as_ref().unwrap().expose_secret()).await;
+    app.wait_for_lock_waiter().await;
     let mut rest = JoinSet::new();
     for i in 0..5 {
         rest.spawn(send(&format!("r{i}")));
@@ -158,13 +148,7 @@ async fn a_full_queue_answers_503_with_retry_after() {
 
     let refused = rest.join_next().await.unwrap().unwrap().unwrap();
 
-    assert_eq!(refused.status(), 503);
-    assert_eq!(refused.headers()["retry-after"], "1");
-    let body: Value = refused.json().await.unwrap();
-    assert_eq!(
-        body["detail"]["hint"],
-        "Check analytics service connection and retry."
-    );
+    metric_storage_503_body(refused).await;
     blocker.execute("commit").await.unwrap();
     assert_eq!(first.await.unwrap().unwrap().status(), 200);
     let mut accepted = 1;
@@ -173,7 +157,7 @@ async fn a_full_queue_answers_503_with_retry_after() {
         assert!(status == 200 || status == 503, "{status}");
         accepted += i64::from(status == 200);
     }
-    let mut conn = pg(&app).await;
+    let mut conn = app.pg().await;
     assert_eq!(
         count(&mut conn, r#"select count(*) from "AnalyticsMetrics""#).await,
         accepted
@@ -183,11 +167,7 @@ async fn a_full_queue_answers_503_with_retry_after() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_with_a_full_queue_answers_every_accepted_request() {
     let mut app = TestApp::spawn_with(Backend::Postgres, |s| s.ingest.writers_per_table = 1).await;
-    let mut blocker = pg(&app).await;
-    blocker
-        .execute(r#"begin; lock table "AnalyticsMetrics" in access exclusive mode"#)
-        .await
-        .unwrap();
+    let mut blocker = app.lock_metrics_table().await;
     let token = app.token("user-1");
     let mut requests = JoinSet::new();
     for i in 0..20 {
@@ -199,7 +179,7 @@ async fn shutdown_with_a_full_queue_answers_every_accepted_request() {
             .send();
         requests.spawn(request);
     }
-    wait_for_lock_waiter(app.settings.database.url.as_ref().unwrap().expose_secret()).await;
+    app.wait_for_lock_waiter().await;
 
     let release_later = async {
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -215,7 +195,7 @@ async fn shutdown_with_a_full_queue_answers_every_accepted_request() {
         .map(|r| r.unwrap().status().as_u16())
         .collect();
     assert_eq!(statuses, vec![200; 20]);
-    let mut conn = pg(&app).await;
+    let mut conn = app.pg().await;
     assert_eq!(
         count(&mut conn, r#"select count(*) from "AnalyticsMetrics""#).await,
         20
@@ -233,7 +213,7 @@ async fn a_writer_whose_connection_the_server_drops_takes_a_new_one() {
     let token = app.token("user-1");
     let stored = app.post_json(METRIC, &metric("before"), Some(&token)).await;
     assert_eq!(stored.status(), 200);
-    let mut conn = pg(&app).await;
+    let mut conn = app.pg().await;
 
     let dropped = count(
         &mut conn,

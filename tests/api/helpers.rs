@@ -12,9 +12,9 @@ use analytics_service::clock::{Clock, SystemClock};
 use analytics_service::settings::{Settings, load_from};
 use analytics_service::startup::Application;
 use analytics_service::store::Store;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
-use sqlx::Connection;
+use sqlx::{Connection, Executor};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -204,6 +204,48 @@ impl TestApp {
         )
     }
 
+    /// A connection of its own to the app's PostgreSQL database.
+    pub async fn pg(&self) -> sqlx::PgConnection {
+        let url = self
+            .settings
+            .database
+            .url
+            .as_ref()
+            .expect("a PostgreSQL app");
+        sqlx::PgConnection::connect(url.expose_secret())
+            .await
+            .unwrap()
+    }
+
+    /// Locks `"AnalyticsMetrics"` in an open transaction: metric writes wait until `commit`
+    /// runs on the returned connection.
+    pub async fn lock_metrics_table(&self) -> sqlx::PgConnection {
+        let mut blocker = self.pg().await;
+        blocker
+            .execute(r#"begin; lock table "AnalyticsMetrics" in access exclusive mode"#)
+            .await
+            .unwrap();
+        blocker
+    }
+
+    /// Polls until some session waits on a lock, i.e. a request reached the database.
+    pub async fn wait_for_lock_waiter(&self) {
+        let mut conn = self.pg().await;
+        for _ in 0..100 {
+            let (waiting,): (i64,) = sqlx::query_as(
+                "select count(*) from pg_stat_activity where wait_event_type = 'Lock' and datname = current_database()",
+            )
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+            if waiting > 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the request never reached the database");
+    }
+
     /// POSTs `body` as JSON with `Authorization: Bearer <token>` when a token is given.
     pub async fn post_json(
         &self,
@@ -300,20 +342,15 @@ macro_rules! on_both_backends {
     };
 }
 
-/// Polls until some session waits on a lock, i.e. the request reached the database.
-pub async fn wait_for_lock_waiter(url: &str) {
-    let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
-    for _ in 0..100 {
-        let (waiting,): (i64,) = sqlx::query_as(
-            "select count(*) from pg_stat_activity where wait_event_type = 'Lock' and datname = current_database()",
-        )
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
-        if waiting > 0 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the request never reached the database");
+/// Checks the storage 503 of the metric endpoints (`Retry-After: 1`, the original's hint)
+/// and returns its body.
+pub async fn metric_storage_503_body(response: reqwest::Response) -> Value {
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()["retry-after"], "1");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(
+        body["detail"]["hint"],
+        "Check analytics service connection and retry."
+    );
+    body
 }

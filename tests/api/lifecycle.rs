@@ -7,7 +7,7 @@ use analytics_service::clock::SystemClock;
 use serde_json::{Value, json};
 use sqlx::{Connection, Executor};
 
-use crate::helpers::{Backend, TestApp, TestDatabase, test_settings, wait_for_lock_waiter};
+use crate::helpers::{Backend, TestApp, TestDatabase, metric_storage_503_body, test_settings};
 
 const METRIC: &str = "/api/analytics/log_raw_metric";
 
@@ -39,13 +39,7 @@ async fn an_unreachable_database_gives_503_with_retry_after() {
         .await;
     let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
 
-    assert_eq!(response.status(), 503);
-    assert_eq!(response.headers()["retry-after"], "1");
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(
-        body["detail"]["hint"],
-        "Check analytics service connection and retry."
-    );
+    let body = metric_storage_503_body(response).await;
     assert!(
         !body.to_string().contains("127.0.0.1"),
         "no connection details: {body}"
@@ -128,19 +122,7 @@ async fn the_embedded_default_creates_its_file_and_folder() {
 #[tokio::test]
 async fn shutdown_lets_in_flight_requests_finish() {
     let mut app = TestApp::spawn(Backend::Postgres).await;
-    let url = app
-        .settings
-        .database
-        .url
-        .as_ref()
-        .map(secrecy::ExposeSecret::expose_secret)
-        .unwrap()
-        .to_owned();
-    let mut blocker = sqlx::PgConnection::connect(&url).await.unwrap();
-    blocker
-        .execute(r#"begin; lock table "AnalyticsMetrics" in access exclusive mode"#)
-        .await
-        .unwrap();
+    let mut blocker = app.lock_metrics_table().await;
     let request = app
         .client
         .post(app.url(METRIC))
@@ -148,7 +130,7 @@ async fn shutdown_lets_in_flight_requests_finish() {
         .json(&metric_body())
         .send();
     let in_flight = tokio::spawn(request);
-    wait_for_lock_waiter(&url).await;
+    app.wait_for_lock_waiter().await;
 
     let release_later = async {
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -160,7 +142,7 @@ async fn shutdown_lets_in_flight_requests_finish() {
     let response = in_flight.await.unwrap().unwrap();
     assert_eq!(response.status(), 200);
     let id: String = response.json().await.unwrap();
-    let mut check = sqlx::PgConnection::connect(&url).await.unwrap();
+    let mut check = app.pg().await;
     let (count,): (i64,) =
         sqlx::query_as(r#"select count(*) from "AnalyticsMetrics" where "id" = $1"#)
             .bind(&id)

@@ -24,6 +24,9 @@ use super::{ACCESS_TARGET, REPORTED_TARGET, prometheus};
 /// The request id header, taken from the client or generated (UUID v4), and returned.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
+/// The level of the per-request access line: below the default filter's `info`.
+const ACCESS_LEVEL: tracing::Level = tracing::Level::DEBUG;
+
 /// The route label of requests no route matched (keeps label values bounded).
 const UNMATCHED: &str = "unmatched";
 
@@ -137,7 +140,7 @@ fn record(method: &'static str, route: &str, status: StatusCode, elapsed: Durati
     // DEBUG: off by default, as a line per request costs the hot path; the request
     // metrics above count every request anyway.
     let latency_ms = elapsed.as_secs_f64() * 1000.0;
-    tracing::debug!(target: ACCESS_TARGET, status, latency_ms, "request finished");
+    tracing::event!(target: ACCESS_TARGET, ACCESS_LEVEL, status, latency_ms, "request finished");
 }
 
 /// Standard methods by name; anything else is one label value.
@@ -215,6 +218,25 @@ mod tests {
     use tower::ServiceExt;
 
     use super::*;
+
+    fn access_line_enabled(filter: &str) -> bool {
+        use tracing_subscriber::layer::SubscriberExt;
+        let subscriber =
+            tracing_subscriber::registry().with(tracing_subscriber::EnvFilter::new(filter));
+        tracing::subscriber::with_default(
+            subscriber,
+            || tracing::enabled!(target: ACCESS_TARGET, ACCESS_LEVEL),
+        )
+    }
+
+    #[test]
+    fn the_access_line_is_off_under_the_default_filter_and_can_be_turned_on() {
+        let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config");
+        let settings = crate::settings::load_from(&dir, &Default::default()).unwrap();
+
+        assert!(!access_line_enabled(&settings.log.filter));
+        assert!(access_line_enabled("info,analytics_service::access=debug"));
+    }
 
     #[test]
     fn a_w3c_traceparent_becomes_a_sentry_trace() {

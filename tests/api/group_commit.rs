@@ -238,3 +238,20 @@ async fn a_writer_whose_connection_the_server_drops_takes_a_new_one() {
     );
     assert_eq!(statuses.last(), Some(&200), "{statuses:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_writer_gives_its_connection_back_to_the_pool() {
+    let app = TestApp::spawn(Backend::Postgres).await;
+
+    let stored = app
+        .post_json(METRIC, &metric("one"), Some(&app.token("user-1")))
+        .await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+
+    assert_eq!(stored.status(), 200);
+    let stats = app.store.pool_stats();
+    assert_eq!(
+        stats.idle, stats.size,
+        "no connection kept after 100 ms idle: {stats:?}"
+    );
+}

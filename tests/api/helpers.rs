@@ -253,14 +253,8 @@ impl TestApp {
         body: &Value,
         token: Option<&str>,
     ) -> reqwest::Response {
-        let mut request = self.client.post(self.url(path)).json(body);
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
-        request
-            .send()
-            .await
-            .expect("the request reaches the server")
+        let json = serde_json::to_vec(body).expect("a JSON value serializes");
+        self.post_raw(path, json, token).await
     }
 
     /// POSTs `body` as it is, declared as JSON: for bodies `post_json` cannot produce.

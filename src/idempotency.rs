@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 use crate::clock::Clock;
 use crate::domain::{FieldError, NewAnalyticsEvent, NewMetric};
 use crate::error::ApiError;
-use crate::routes::json::JsonBody;
+use crate::routes::json::RequestLine;
 use crate::store::{EventRow, IdempotencyClaim, IdempotentInsert, MetricRow, Store};
 
 /// The request header that carries the key.
@@ -52,13 +52,13 @@ impl IdempotencyHeader {
     /// The hash is computed only when there is a key: most requests carry none.
     fn claim(
         &self,
-        body: &JsonBody,
+        request: &RequestLine,
         body_hash: impl FnOnce() -> String,
         expired_before: NaiveDateTime,
     ) -> Result<Option<IdempotencyClaim>, ApiError> {
         match &self.0 {
             None => Ok(None),
-            Some(Err(raw)) => Err(body.invalid(vec![invalid_key(raw)])),
+            Some(Err(raw)) => Err(request.invalid(vec![invalid_key(raw)])),
             Some(Ok(key)) => Ok(Some(IdempotencyClaim {
                 key: key.clone(),
                 body_hash: body_hash(),
@@ -92,15 +92,16 @@ impl Idempotency {
         &self,
         store: &dyn Store,
         header: &IdempotencyHeader,
-        body: &JsonBody,
+        request: &RequestLine,
         row: &MetricRow,
     ) -> Result<Option<String>, IdempotencyError> {
         let hash = || metric_hash(&row.metric);
-        let Some(claim) = header.claim(body, hash, self.expired_before(self.clock.now()))? else {
+        let Some(claim) = header.claim(request, hash, self.expired_before(self.clock.now()))?
+        else {
             return Ok(None);
         };
         let outcome = store.insert_metric_idempotent(row, &claim).await?;
-        answer(outcome, row.id.to_string(), &claim, body).map(Some)
+        answer(outcome, row.id.to_string(), &claim, request).map(Some)
     }
 
     /// As `store_metric`, for an analytics event.
@@ -108,15 +109,16 @@ impl Idempotency {
         &self,
         store: &dyn Store,
         header: &IdempotencyHeader,
-        body: &JsonBody,
+        request: &RequestLine,
         row: &EventRow,
     ) -> Result<Option<String>, IdempotencyError> {
         let hash = || event_hash(&row.event);
-        let Some(claim) = header.claim(body, hash, self.expired_before(self.clock.now()))? else {
+        let Some(claim) = header.claim(request, hash, self.expired_before(self.clock.now()))?
+        else {
             return Ok(None);
         };
         let outcome = store.insert_event_idempotent(row, &claim).await?;
-        answer(outcome, row.id.to_string(), &claim, body).map(Some)
+        answer(outcome, row.id.to_string(), &claim, request).map(Some)
     }
 
     /// Deletes expired keys now and then until the task is aborted.
@@ -177,7 +179,7 @@ fn answer(
     outcome: IdempotentInsert,
     new_id: String,
     claim: &IdempotencyClaim,
-    body: &JsonBody,
+    request: &RequestLine,
 ) -> Result<String, IdempotencyError> {
     match outcome {
         IdempotentInsert::Stored => Ok(new_id),
@@ -185,7 +187,7 @@ fn answer(
             tracing::debug!("idempotent replay answered with the first request's id");
             Ok(row_id)
         }
-        IdempotentInsert::Conflict => Err(body.invalid(vec![conflict(&claim.key)]).into()),
+        IdempotentInsert::Conflict => Err(request.invalid(vec![conflict(&claim.key)]).into()),
     }
 }
 
@@ -232,7 +234,7 @@ pub fn metric_hash(metric: &NewMetric) -> String {
 pub fn event_hash(event: &NewAnalyticsEvent) -> String {
     hash(&json!({
         "type": event.event_type,
-        "data": Value::Object(event.data.clone()),
+        "data": serde_json::from_str::<Value>(&event.data_json).expect("stored data is JSON"),
         "data_index": event.data_index,
     }))
 }

@@ -66,12 +66,7 @@ impl BatchRow for EventRow {
             + self.user_id.len()
             + self.event.event_type.len()
             + self.event.data_index.len()
-            + self
-                .event
-                .data
-                .iter()
-                .map(|(k, v)| k.len() + json_bytes(v))
-                .sum::<usize>()
+            + self.event.data_json.len()
     }
     async fn insert_all(writer: &mut dyn RowWriter, rows: &[Self]) -> Result<(), StoreError> {
         writer.insert_events(rows).await
@@ -80,22 +75,6 @@ impl BatchRow for EventRow {
 
 /// Id, timestamp and framing of one row in the statement.
 const ROW_OVERHEAD_BYTES: usize = 64;
-
-/// A cheap upper-ish estimate of `value`'s size as JSON text.
-fn json_bytes(value: &serde_json::Value) -> usize {
-    use serde_json::Value;
-    match value {
-        Value::String(s) => s.len() + 2,
-        Value::Array(items) => 2 + items.iter().map(|v| json_bytes(v) + 1).sum::<usize>(),
-        Value::Object(map) => {
-            2 + map
-                .iter()
-                .map(|(k, v)| k.len() + 4 + json_bytes(v))
-                .sum::<usize>()
-        }
-        _ => 8,
-    }
-}
 
 struct Pending<R> {
     row: R,

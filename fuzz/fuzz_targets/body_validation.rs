@@ -39,11 +39,17 @@ fuzz_target!(|data: &[u8]| {
             serde_json::to_string(&errors).expect("field errors serialize");
         }
     }
-    match NewAnalyticsEvent::parse(&value) {
+    let general = NewAnalyticsEvent::parse(&value);
+    if let Some(compact) = json
+        .then(|| NewAnalyticsEvent::from_compact_body(body))
+        .flatten()
+    {
+        assert_eq!(Ok(compact), general, "the compact reader disagrees");
+    }
+    match general {
         Ok(event) => {
             assert!(clean(&event.event_type) && clean(&event.data_index));
-            let data = serde_json::to_string(&event.data).expect("a map serializes");
-            assert!(!data.contains("\\u0000"), "NUL reaches the database");
+            assert!(!event.data_json.contains("\\u0000"), "NUL reaches the database");
             event_hash(&event);
         }
         Err(errors) => {

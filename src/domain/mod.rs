@@ -6,6 +6,7 @@ mod field_error;
 mod metric;
 pub mod pyjson;
 mod sanitize;
+mod stored_form;
 
 pub use batch::parse_batch;
 pub use event::NewAnalyticsEvent;

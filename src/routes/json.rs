@@ -13,27 +13,62 @@ use crate::domain::{FieldError, pyjson};
 use crate::error::ApiError;
 use crate::state::AppState;
 
-/// A JSON body and what the 422 message names (`POST /path`), kept unformatted so that
-/// valid requests never pay for the text.
+/// What a 422 names (`POST /path`), kept unformatted so that valid requests never pay for
+/// the text.
 #[derive(Debug)]
-pub struct JsonBody {
-    /// The parsed body; `{}` when the body was empty.
-    pub value: Value,
+pub struct RequestLine {
     method: Method,
     uri: Uri,
 }
 
-fn invalid(method: &Method, uri: &Uri, errors: Vec<FieldError>) -> ApiError {
-    ApiError::Invalid {
-        request_line: format!("{method} {}", uri.path()),
-        errors,
+impl RequestLine {
+    /// The 422 for these field errors, naming this request.
+    pub fn invalid(&self, errors: Vec<FieldError>) -> ApiError {
+        ApiError::Invalid {
+            request_line: format!("{} {}", self.method, self.uri.path()),
+            errors,
+        }
     }
+}
+
+/// A JSON body and the request it came with.
+#[derive(Debug)]
+pub struct JsonBody {
+    /// The parsed body; `{}` when the body was empty.
+    pub value: Value,
+    /// What its 422 names.
+    pub request: RequestLine,
 }
 
 impl JsonBody {
     /// The 422 for these field errors, naming this request.
     pub fn invalid(&self, errors: Vec<FieldError>) -> ApiError {
-        invalid(&self.method, &self.uri, errors)
+        self.request.invalid(errors)
+    }
+}
+
+/// A body read within the route's limit but not parsed yet, for routes that can read
+/// some bodies more cheaply than as a `Value` (see `EventBody`).
+#[derive(Debug)]
+pub struct BufferedBody {
+    /// The body as sent.
+    pub bytes: Bytes,
+    /// Whether FastAPI would have parsed it as JSON (by its content type).
+    pub json: bool,
+    /// What its 422 names.
+    pub request: RequestLine,
+}
+
+impl BufferedBody {
+    /// Parses the body as FastAPI did; a syntax error is the original's 422.
+    pub fn parse(self) -> Result<JsonBody, ApiError> {
+        match parse(&self.bytes, self.json) {
+            Ok(value) => Ok(JsonBody {
+                value,
+                request: self.request,
+            }),
+            Err(error) => Err(self.request.invalid(vec![error])),
+        }
     }
 }
 
@@ -87,11 +122,14 @@ pub fn parse(body: &Bytes, json: bool) -> Result<Value, FieldError> {
     })
 }
 
-impl FromRequest<AppState> for JsonBody {
+impl FromRequest<AppState> for BufferedBody {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
-        let (method, uri) = (request.method().clone(), request.uri().clone());
+        let line = RequestLine {
+            method: request.method().clone(),
+            uri: request.uri().clone(),
+        };
         let json = is_json_content_type(&request);
         let limit = request
             .extensions()
@@ -106,8 +144,19 @@ impl FromRequest<AppState> for JsonBody {
                     }
                     other => ApiError::BodyUnreadable(other.body_text()),
                 })?;
-        let value = parse(&bytes, json).map_err(|e| invalid(&method, &uri, vec![e]))?;
-        Ok(JsonBody { value, method, uri })
+        Ok(BufferedBody {
+            bytes,
+            json,
+            request: line,
+        })
+    }
+}
+
+impl FromRequest<AppState> for JsonBody {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
+        BufferedBody::from_request(request, state).await?.parse()
     }
 }
 

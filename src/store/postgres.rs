@@ -325,10 +325,7 @@ async fn write_events<'c>(
     let times: Vec<_> = rows.iter().map(|r| r.created_at).collect();
     let users: Vec<&str> = rows.iter().map(|r| r.user_id.as_str()).collect();
     let types: Vec<&str> = rows.iter().map(|r| r.event.event_type.as_str()).collect();
-    let data: Vec<String> = rows
-        .iter()
-        .map(|r| serde_json::to_string(&r.event.data).expect("a JSON map always serializes"))
-        .collect();
+    let data: Vec<&str> = rows.iter().map(|r| r.event.data_json.as_str()).collect();
     let indexes: Vec<&str> = rows.iter().map(|r| r.event.data_index.as_str()).collect();
     sqlx::query(
         r#"insert into "AnalyticsDetails"

@@ -276,7 +276,6 @@ async fn write_metrics(conn: &mut SqliteConnection, rows: &[MetricRow]) -> Resul
 /// Inserts the events on `conn` (the caller's transaction), `data` as JSON text.
 async fn write_events(conn: &mut SqliteConnection, rows: &[EventRow]) -> Result<(), StoreError> {
     for row in rows {
-        let data = serde_json::to_string(&row.event.data).expect("a JSON map always serializes");
         sqlx::query(
             r#"insert into "AnalyticsDetails"
                    ("id", "createdAt", "updatedAt", "userId", "type", "data", "dataIndex")
@@ -286,7 +285,7 @@ async fn write_events(conn: &mut SqliteConnection, rows: &[EventRow]) -> Result<
         .bind(row.created_at)
         .bind(&row.user_id)
         .bind(&row.event.event_type)
-        .bind(data)
+        .bind(&row.event.data_json)
         .bind(&row.event.data_index)
         .execute(&mut *conn)
         .await?;

@@ -80,6 +80,27 @@ async fn metrics_parse_as_prometheus_text_and_move_with_requests() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_status_of_a_route_is_counted_on_its_own_and_every_time() {
+    let _serial = serial().await;
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let requests = |s: &Scrape, status| {
+        let labels = [("method", "POST"), ("route", METRIC), ("status", status)];
+        value(s, "http_requests_total", &labels).unwrap_or(0.0)
+    };
+    let valid = json!({"metric_name": "m", "metric_value": 1, "data_string": "d"});
+    let invalid = json!({"metric_name": "", "metric_value": 1, "data_string": "d"});
+    let before = scrape(&app.client, &app.url("/metrics")).await;
+
+    for body in [&valid, &invalid, &valid] {
+        app.post_json(METRIC, body, Some(&app.token("u"))).await;
+    }
+
+    let after = scrape(&app.client, &app.url("/metrics")).await;
+    assert_eq!(requests(&after, "200"), requests(&before, "200") + 2.0);
+    assert_eq!(requests(&after, "422"), requests(&before, "422") + 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn storage_errors_are_counted_by_kind() {
     let _serial = serial().await;
     let mut settings = test_settings("postgres://postgres@127.0.0.1:1/nowhere");

@@ -134,7 +134,33 @@ async fn an_index_key_too_long_for_the_database_index_is_a_422_not_a_500(app: Te
     assert_eq!(accepted.status(), 200);
 }
 
+/// A compact body is stored as sent, any other is parsed and written back: the same event
+/// spelled three ways must be stored the same.
+async fn the_same_event_is_stored_alike_however_it_is_spelled(app: TestApp) {
+    let token = app.token("user-1");
+    let bodies = [
+        r#"{"type":"t","data":{"b":1.5,"a":[1,"é"],"n":{"x":null}},"data_index":"i"}"#,
+        r#"{"type": "t", "data": {"b": 1.50, "a": [1, "\u00e9"], "n": {"x": null}}, "data_index": "i"}"#,
+        r#"{"type":"t","data":{"b":0,"a":[1,"é"],"n":{"x":null},"b":1.5},"data_index":"i"}"#,
+    ];
+    let expected = json!({"b": 1.5, "a": [1, "é"], "n": {"x": null}});
+
+    for body in bodies {
+        let response = app.post_raw(PATH, body, Some(&token)).await;
+
+        assert_eq!(response.status(), 200, "{body}");
+        let id: String = response.json().await.unwrap();
+        let row = app.store.event_by_id(&id).await.unwrap().unwrap();
+        assert_eq!(Value::Object(row.data.unwrap()), expected, "{body}");
+        assert_eq!(
+            (row.event_type.as_str(), row.data_index.as_deref()),
+            ("t", Some("i"))
+        );
+    }
+}
+
 on_both_backends!(
+    the_same_event_is_stored_alike_however_it_is_spelled,
     an_index_key_too_long_for_the_database_index_is_a_422_not_a_500,
     the_frontend_body_is_stored_as_the_original_stores_it,
     nested_data_round_trips,

@@ -90,6 +90,7 @@ pub async fn log_raw_analytics(
     body: EventBody,
 ) -> Result<Json<String>, ApiError> {
     let (caller, event, request) = match body {
+        // A compact body is JSON, so never a beacon: the caller is the header's.
         EventBody::Compact { event, request } => (admit(&state, caller?)?, event, request),
         EventBody::Json(mut body) => {
             let caller = admit(&state, beacon::caller(&state, caller, &mut body)?)?;
@@ -144,7 +145,7 @@ impl FromRequest<AppState> for EventBody {
                 event,
                 request: body.request,
             }),
-            None => body.parse().map(EventBody::Json),
+            None => body.into_json().map(EventBody::Json),
         }
     }
 }

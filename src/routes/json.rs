@@ -61,7 +61,7 @@ pub struct BufferedBody {
 
 impl BufferedBody {
     /// Parses the body as FastAPI did; a syntax error is the original's 422.
-    pub fn parse(self) -> Result<JsonBody, ApiError> {
+    pub fn into_json(self) -> Result<JsonBody, ApiError> {
         match parse(&self.bytes, self.json) {
             Ok(value) => Ok(JsonBody {
                 value,
@@ -156,7 +156,9 @@ impl FromRequest<AppState> for JsonBody {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
-        BufferedBody::from_request(request, state).await?.parse()
+        BufferedBody::from_request(request, state)
+            .await?
+            .into_json()
     }
 }
 

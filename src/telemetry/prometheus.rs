@@ -100,14 +100,12 @@ pub fn http_request(method: &'static str, route: &str, status: u16, elapsed: Dur
         .read()
         .unwrap_or_else(PoisonError::into_inner);
     if let Some(metrics) = cached.iter().find(|m| m.is(method, route, status)) {
-        metrics.requests.increment(1);
-        metrics.duration.record(seconds);
+        metrics.observe(seconds);
         return;
     }
     drop(cached);
     let metrics = RequestMetrics::register(method, route, status);
-    metrics.requests.increment(1);
-    metrics.duration.record(seconds);
+    metrics.observe(seconds);
     let mut cached = REQUEST_METRICS
         .write()
         .unwrap_or_else(PoisonError::into_inner);
@@ -144,6 +142,11 @@ impl RequestMetrics {
             requests: counter!(HTTP_REQUESTS, "method" => method, "route" => route_label.clone(), "status" => status.to_string()),
             duration: histogram!(HTTP_DURATION, "method" => method, "route" => route_label),
         }
+    }
+
+    fn observe(&self, seconds: f64) {
+        self.requests.increment(1);
+        self.duration.record(seconds);
     }
 
     fn is(&self, method: &str, route: &str, status: u16) -> bool {

@@ -54,10 +54,17 @@ declare -A table=([metric]=AnalyticsMetrics [analytics]=AnalyticsDetails [batch1
 declare -A rows_per_ok=([metric]=1 [analytics]=1 [batch100]=100 [invalid]=0 [noauth]=0)
 
 sql() { psql "$db_url" -qXtA -c "$1"; }
-# CPU ticks (user + system) of the given processes, 0 for any that has gone.
-cpu_ticks() { local t=0 p f; for p in "$@"; do f=($(cat "/proc/$p/stat" 2>/dev/null | sed 's/.*) //')) || continue; t=$(( t + ${f[11]:-0} + ${f[12]:-0} )); done; echo $t; }
-# PostgreSQL's processes; one started during a run counts from zero, as it should.
-pg_pids() { pgrep -u postgres postgres || true; }
+# CPU ticks (user + system) of the given processes; one that has gone counts 0.
+cpu_ticks() {
+  local total=0 pid stat
+  for pid in "$@"; do
+    stat=($(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null)) || continue
+    total=$(( total + ${stat[11]:-0} + ${stat[12]:-0} ))   # utime, stime
+  done
+  echo "$total"
+}
+# Of all PostgreSQL processes alive now: a backend started during a run counts from zero.
+postgres_ticks() { cpu_ticks $(pgrep -u postgres postgres || true); }
 
 echo "scenario,conns,rps,rows_per_s,p50_ms,p99_ms,peak_rss_mb,ok,rows,missing_ids,in_flight_rows,check,server_us_per_req,pg_us_per_req"
 for rep in $(seq 1 "$reps"); do
@@ -65,7 +72,7 @@ for rep in $(seq 1 "$reps"); do
     for sc in $scenarios; do
       sql 'truncate "AnalyticsMetrics", "AnalyticsDetails"'
       echo 5 > "/proc/$server/clear_refs"   # restart the peak-RSS count (VmHWM)
-      server_ticks=$(cpu_ticks $server); pg_before=($(pg_pids)); pg_ticks=$(cpu_ticks "${pg_before[@]}")
+      server_ticks=$(cpu_ticks $server); pg_ticks=$(postgres_ticks)
       auth=(-H "Authorization: Bearer $token"); [[ $sc == noauth ]] && auth=()
       out="$(BENCH_SCENARIO=$sc BENCH_IDS="$work/ids" timeout $(( ${duration%s} + 30 )) \
              wrk -t 2 -c "$conns" -d "$duration" --timeout 5s -s bench/wrk.lua "${auth[@]}" \
@@ -73,7 +80,7 @@ for rep in $(seq 1 "$reps"); do
       line="$(grep '^RESULT,' <<<"$out" || true)"
       [[ -n "$line" ]] || { echo "wrk failed for $sc: $out" >&2; exit 1; }
       IFS=, read -r _ rps p50 p99 ok requests sock_errors <<<"$line"
-      server_ticks=$(( $(cpu_ticks $server) - server_ticks )); pg_ticks=$(( $(cpu_ticks $(printf '%s\n' "${pg_before[@]}" $(pg_pids) | sort -u)) - pg_ticks ))
+      server_ticks=$(( $(cpu_ticks $server) - server_ticks )); pg_ticks=$(( $(postgres_ticks) - pg_ticks ))
       rss_kb="$(awk '/VmHWM/ {print $2}' "/proc/$server/status")"
       rows="$(sql "select count(*) from \"${table[$sc]}\"")"
       sql 'create table if not exists bench_ids (id text)' 2>/dev/null; sql 'truncate bench_ids'

@@ -137,7 +137,7 @@ mod tests {
     }
 
     #[test]
-    fn the_benchmark_event_is_stored_as_it_is() {
+    fn a_typical_browser_event_is_stored_as_it_is() {
         let data = r#"{"page":"/build","referrer":"/marketplace/agent/42","session":{"id":"b7e2c9d4","step":3,"started_at":"2026-11-22T10:15:30Z"},"viewport":{"w":1920,"h":1080,"dpr":2.5},"tags":["a","b"],"flags":{"beta":true,"dark_mode":false,"x":null},"durations_ms":[120,-87,0,15],"é":"ünï"}"#;
 
         assert!(is_stored_form(data));

@@ -20,7 +20,7 @@ use crate::store::{EventRow, MetricRow, RowWriter, Store, StoreError};
 pub struct GroupCommitSettings {
     /// Most rows in one transaction.
     pub max_batch: usize,
-    /// Most (estimated) bytes of row data in one statement; a batch always takes one row.
+    /// Most (estimated) bytes of row data in one statement; a row alone always fits.
     pub max_batch_bytes: usize,
     /// How long a writer waits for more rows once it has one (zero: take what is queued).
     pub max_wait: Duration,
@@ -38,7 +38,8 @@ pub type WriteResult = Result<(), Arc<StoreError>>;
 pub trait BatchRow: Send + Sync + Sized + 'static {
     /// The table, for metric labels.
     const TABLE: &'static str;
-    /// Roughly how many bytes the row adds to the insert statement.
+    /// How many bytes the row adds to the insert statement, at most (PostgreSQL's binary
+    /// arrays; SQLite's statement is no larger).
     fn approx_bytes(&self) -> usize;
     /// Stores all rows in one transaction.
     async fn insert_all(writer: &mut dyn RowWriter, rows: &[Self]) -> Result<(), StoreError>;
@@ -73,8 +74,9 @@ impl BatchRow for EventRow {
     }
 }
 
-/// Id, timestamp and framing of one row in the statement.
-const ROW_OVERHEAD_BYTES: usize = 64;
+/// A row's bytes besides its strings: the 36-byte id, the 8-byte timestamp and value, and
+/// a 4-byte length before each field.
+const ROW_OVERHEAD_BYTES: usize = 80;
 
 struct Pending<R> {
     row: R,
@@ -87,6 +89,11 @@ struct Queue<R> {
 }
 
 impl<R: BatchRow> Queue<R> {
+    /// Rows in the queue, not yet taken by a writer.
+    fn waiting(&self) -> usize {
+        self.sender.max_capacity() - self.sender.capacity()
+    }
+
     async fn submit(&self, row: R) -> WriteResult {
         let (done, outcome) = oneshot::channel();
         self.sender
@@ -134,6 +141,14 @@ impl GroupCommit {
         self.events.submit(row).await
     }
 
+    /// Rows waiting for a writer, per table.
+    pub fn waiting_rows(&self) -> [(&'static str, usize); 2] {
+        [
+            (MetricRow::TABLE, self.metrics.waiting()),
+            (EventRow::TABLE, self.events.waiting()),
+        ]
+    }
+
     /// Refuses new rows, writes every queued one, and waits for the writers to finish.
     pub async fn shutdown(&self) {
         let _ = self.stop.send(true);
@@ -169,71 +184,105 @@ async fn write_loop<R: BatchRow>(
     settings: GroupCommitSettings,
     mut stopped: watch::Receiver<bool>,
 ) {
-    let mut batch: Vec<Pending<R>> = Vec::with_capacity(settings.max_batch);
+    let mut batch = Batch::new(settings);
     loop {
         {
             // The lock is held only while collecting: other writers commit meanwhile.
             let mut receiver = receiver.lock().await;
-            if !collect(
-                &mut receiver,
-                &mut batch,
-                settings,
-                &mut stopped,
-                &mut *writer,
-            )
-            .await
-            {
+            if !collect(&mut receiver, &mut batch, &mut stopped, &mut *writer).await {
                 return;
             }
         }
-        commit(&mut *writer, std::mem::take(&mut batch)).await;
+        commit(&mut *writer, batch.take_rows()).await;
+    }
+}
+
+/// The rows of the next transaction, and the row that did not fit in the last one.
+struct Batch<R> {
+    rows: Vec<Pending<R>>,
+    bytes: usize,
+    /// Taken off the queue but over the byte limit: it opens the next batch.
+    held_over: Option<Pending<R>>,
+    settings: GroupCommitSettings,
+}
+
+impl<R: BatchRow> Batch<R> {
+    fn new(settings: GroupCommitSettings) -> Self {
+        Batch {
+            rows: Vec::with_capacity(settings.max_batch),
+            bytes: 0,
+            held_over: None,
+            settings,
+        }
+    }
+
+    /// Adds the row, or holds it over for the next batch when it would pass a limit. A row
+    /// alone always fits, so a batch is never empty and never over a limit with two rows.
+    fn offer(&mut self, pending: Pending<R>) {
+        let bytes = pending.row.approx_bytes();
+        if !self.rows.is_empty() && self.bytes + bytes > self.settings.max_batch_bytes {
+            self.held_over = Some(pending);
+            return;
+        }
+        self.bytes += bytes;
+        self.rows.push(pending);
+    }
+
+    fn has_room(&self) -> bool {
+        self.held_over.is_none()
+            && self.rows.len() < self.settings.max_batch
+            && self.bytes < self.settings.max_batch_bytes
+    }
+
+    /// The collected rows; the held-over row stays for the next batch.
+    fn take_rows(&mut self) -> Vec<Pending<R>> {
+        self.bytes = 0;
+        std::mem::replace(&mut self.rows, Vec::with_capacity(self.settings.max_batch))
     }
 }
 
 /// A writer idle for this long gives its connection back to the pool.
 const RELEASE_IDLE_CONNECTION_AFTER: Duration = Duration::from_millis(100);
 
-/// Fills `batch`; false when the queue is closed and empty (time to exit).
+/// Fills `batch`; false when the queue is closed and empty and no row is held over (time to
+/// exit).
 async fn collect<R: BatchRow>(
     receiver: &mut mpsc::Receiver<Pending<R>>,
-    batch: &mut Vec<Pending<R>>,
-    settings: GroupCommitSettings,
+    batch: &mut Batch<R>,
     stopped: &mut watch::Receiver<bool>,
     writer: &mut dyn RowWriter,
 ) -> bool {
-    let waited = tokio::time::timeout(RELEASE_IDLE_CONNECTION_AFTER, next_row(receiver, stopped));
-    let first = match waited.await {
-        Ok(first) => first,
-        Err(_idle) => {
-            writer.release();
-            next_row(receiver, stopped).await
+    let first = match batch.held_over.take() {
+        Some(held_over) => held_over,
+        None => {
+            let waited =
+                tokio::time::timeout(RELEASE_IDLE_CONNECTION_AFTER, next_row(receiver, stopped));
+            let first = match waited.await {
+                Ok(first) => first,
+                Err(_idle) => {
+                    writer.release();
+                    next_row(receiver, stopped).await
+                }
+            };
+            let Some(first) = first else { return false };
+            first
         }
     };
-    let Some(first) = first else { return false };
-    let mut bytes = first.row.approx_bytes();
-    batch.push(first);
-    let has_room = |batch: &Vec<Pending<R>>, bytes: usize| {
-        batch.len() < settings.max_batch && bytes < settings.max_batch_bytes
-    };
-    while has_room(batch, bytes) {
+    batch.offer(first);
+    while batch.has_room() {
         match receiver.try_recv() {
-            Ok(pending) => {
-                bytes += pending.row.approx_bytes();
-                batch.push(pending);
-            }
+            Ok(pending) => batch.offer(pending),
             Err(_) => break,
         }
     }
-    if has_room(batch, bytes) && !settings.max_wait.is_zero() {
-        let deadline = tokio::time::sleep(settings.max_wait);
+    let max_wait = batch.settings.max_wait;
+    if batch.has_room() && !max_wait.is_zero() {
+        let deadline = tokio::time::sleep(max_wait);
         tokio::pin!(deadline);
-        while has_room(batch, bytes) {
+        while batch.has_room() {
             tokio::select! {
                 pending = receiver.recv() => match pending {
-                    Some(pending) => {
-                        bytes += pending.row.approx_bytes();
-                        batch.push(pending);
-                    }
+                    Some(pending) => batch.offer(pending),
                     None => break,
                 },
                 () = &mut deadline => break,

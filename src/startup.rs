@@ -141,6 +141,11 @@ impl Application {
         self.store.clone()
     }
 
+    /// The group-commit writers (tests read their queues).
+    pub fn group_commit(&self) -> Arc<GroupCommit> {
+        self.ingest.clone()
+    }
+
     /// Serves until `shutdown` resolves, lets in-flight requests finish within the
     /// shutdown timeout, then closes the pool.
     pub async fn run_until(

@@ -14,14 +14,14 @@ pub fn routes() -> Router<AppState> {
     Router::new().route("/metrics", get(metrics))
 }
 
-/// Every metric in the Prometheus text format, the pool gauges read at this moment.
+/// Every metric in the Prometheus text format, the pool and queue gauges read at this moment.
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        prometheus::render(state.store.pool_stats()),
+        prometheus::render(state.store.pool_stats(), state.ingest.waiting_rows()),
     )
 }
 

@@ -28,6 +28,8 @@ pub const DB_POOL_SIZE: &str = "analytics_db_pool_size";
 pub const DB_POOL_IDLE: &str = "analytics_db_pool_idle";
 /// Most connections the pool may open.
 pub const DB_POOL_MAX: &str = "analytics_db_pool_max";
+/// Single-event rows waiting for a group-commit writer, by `table`.
+pub const GROUP_COMMIT_WAITING: &str = "analytics_group_commit_waiting_rows";
 /// Always 1, labelled with the `version`.
 pub const BUILD_INFO: &str = "analytics_build_info";
 
@@ -82,14 +84,21 @@ fn describe() {
     describe_gauge!(DB_POOL_SIZE, "Open database connections");
     describe_gauge!(DB_POOL_IDLE, "Open database connections not in use");
     describe_gauge!(DB_POOL_MAX, "Most database connections the pool may open");
+    describe_gauge!(
+        GROUP_COMMIT_WAITING,
+        "Single-event rows waiting for a group-commit writer"
+    );
     describe_gauge!(BUILD_INFO, "Build information");
 }
 
 /// The Prometheus text for a scrape, with the pool gauges read now.
-pub fn render(pool: PoolStats) -> String {
+pub fn render(pool: PoolStats, waiting_rows: [(&'static str, usize); 2]) -> String {
     gauge!(DB_POOL_SIZE).set(f64::from(pool.size));
     gauge!(DB_POOL_IDLE).set(f64::from(pool.idle));
     gauge!(DB_POOL_MAX).set(f64::from(pool.max));
+    for (table, rows) in waiting_rows {
+        gauge!(GROUP_COMMIT_WAITING, "table" => table).set(rows as f64);
+    }
     install().render()
 }
 

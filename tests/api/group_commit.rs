@@ -8,6 +8,10 @@ use serde_json::{Value, json};
 use sqlx::{Executor, PgConnection};
 use tokio::task::JoinSet;
 
+use analytics_service::domain::NewMetric;
+use analytics_service::ingest::BatchRow;
+use analytics_service::store::MetricRow;
+
 use crate::helpers::{Backend, TestApp, metric_storage_503_body};
 use crate::on_both_backends;
 
@@ -91,6 +95,45 @@ async fn five_hundred_concurrent_requests_take_fewer_transactions_than_requests(
         transactions < 500,
         "{transactions} transactions for 500 rows"
     );
+}
+
+/// The byte estimate of one `metric(name)` row with a three-character name.
+fn metric_row_bytes() -> usize {
+    let metric = NewMetric::parse(&metric("m00")).unwrap();
+    MetricRow::new(chrono::Utc::now(), "user-1".into(), metric).approx_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_transaction_passes_the_byte_limit_and_no_row_is_lost() {
+    // Two rows and a half: a third row would pass the limit, so it opens the next batch.
+    let limit = metric_row_bytes() * 5 / 2;
+    let app = TestApp::spawn_with(Backend::Postgres, |s| {
+        s.rate_limit.user_per_second = 0.0;
+        s.ingest.writers_per_table = 1;
+        s.ingest.max_batch_bytes = limit;
+        s.ingest.max_wait_us = 300_000;
+    })
+    .await;
+    let bodies = (0..20).map(|i| metric(&format!("m{i:02}"))).collect();
+
+    let answers = post_all(&app, bodies).await;
+
+    assert!(
+        answers.iter().all(|(status, _)| *status == 200),
+        "{answers:?}"
+    );
+    let mut conn = app.pg().await;
+    assert_eq!(
+        count(&mut conn, r#"select count(*) from "AnalyticsMetrics""#).await,
+        20
+    );
+    // Rows written by one transaction share its id (xmin).
+    let largest = count(
+        &mut conn,
+        r#"select max(n) from (select count(*) as n from "AnalyticsMetrics" group by xmin::text) as t"#,
+    )
+    .await;
+    assert_eq!(largest, 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -195,6 +238,56 @@ async fn shutdown_with_a_full_queue_answers_every_accepted_request() {
         .map(|r| r.unwrap().status().as_u16())
         .collect();
     assert_eq!(statuses, vec![200; 20]);
+    let mut conn = app.pg().await;
+    assert_eq!(
+        count(&mut conn, r#"select count(*) from "AnalyticsMetrics""#).await,
+        20
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_still_queued_when_the_drain_deadline_passes_are_written() {
+    // One row and a half: every batch takes a second row off the queue and holds it over.
+    let limit = metric_row_bytes() * 3 / 2;
+    let mut app = TestApp::spawn_with(Backend::Postgres, |s| {
+        s.rate_limit.user_per_second = 0.0;
+        s.ingest.writers_per_table = 1;
+        s.ingest.max_batch_bytes = limit;
+        s.server.shutdown_timeout_secs = 0;
+    })
+    .await;
+    let mut blocker = app.lock_metrics_table().await;
+    let token = app.token("user-1");
+    let send = |i: usize| {
+        let request = app
+            .client
+            .post(app.url(METRIC))
+            .bearer_auth(&token)
+            .json(&metric(&format!("m{i:02}")))
+            .send();
+        tokio::spawn(request)
+    };
+    // The first row alone is in the blocked transaction; the other 19 wait in the queue.
+    let mut requests = vec![send(0)];
+    app.wait_for_lock_waiter().await;
+    requests.extend((1..20).map(send));
+    for _ in 0..1000 {
+        if app.group_commit.waiting_rows()[0] == ("AnalyticsMetrics", 19) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(app.group_commit.waiting_rows()[0], ("AnalyticsMetrics", 19));
+
+    let release_later = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        blocker.execute("commit").await.unwrap();
+    };
+    let (stopped, ()) = tokio::join!(app.stop(), release_later);
+
+    // The deadline cut the connections before any answer; the queued rows are written.
+    stopped.expect("the server stops cleanly");
+    requests.iter().for_each(tokio::task::JoinHandle::abort);
     let mut conn = app.pg().await;
     assert_eq!(
         count(&mut conn, r#"select count(*) from "AnalyticsMetrics""#).await,

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use analytics_service::auth::mint_token;
 use analytics_service::clock::{Clock, SystemClock};
+use analytics_service::ingest::GroupCommit;
 use analytics_service::settings::{Settings, load_from};
 use analytics_service::startup::Application;
 use analytics_service::store::Store;
@@ -126,6 +127,7 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub settings: Settings,
     pub store: Arc<dyn Store>,
+    pub group_commit: Arc<GroupCommit>,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<anyhow::Result<()>>>,
     // Last: the database outlives the server and the store.
@@ -165,6 +167,7 @@ impl TestApp {
             .expect("the application builds");
         let addr = app.local_addr();
         let store = app.store();
+        let group_commit = app.group_commit();
         let (tx, rx) = oneshot::channel::<()>();
         let server = tokio::spawn(app.run_until(async move {
             let _ = rx.await;
@@ -174,6 +177,7 @@ impl TestApp {
             client: reqwest::Client::new(),
             settings,
             store,
+            group_commit,
             shutdown: Some(tx),
             server: Some(server),
             _database: database,

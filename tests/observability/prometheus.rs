@@ -77,6 +77,16 @@ async fn metrics_parse_as_prometheus_text_and_move_with_requests() {
     assert_eq!(value(&after, "analytics_db_pool_max", &[]), Some(5.0));
     assert!(value(&after, "analytics_db_pool_size", &[]).unwrap() >= 1.0);
     assert!(value(&after, "analytics_db_pool_idle", &[]).is_some());
+    // The row was written before its answer, so no row is left waiting.
+    let waiting = |table| {
+        value(
+            &after,
+            "analytics_group_commit_waiting_rows",
+            &[("table", table)],
+        )
+    };
+    assert_eq!(waiting("AnalyticsMetrics"), Some(0.0));
+    assert_eq!(waiting("AnalyticsDetails"), Some(0.0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,13 +5,16 @@
 //! still means "durably stored"; the database just sees one commit per batch instead of
 //! one per request. The queue is bounded: when it is full the request is refused (503)
 //! instead of waiting without bound.
+//!
+//! Each writer runs on a thread of its own, with a single-threaded runtime and its own
+//! connection. Every single-event request waits for the writer, and PostgreSQL waits for it
+//! between batches; on the request runtime its wake-ups queued behind request tasks.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::{Mutex, mpsc, oneshot, watch};
-use tokio::task::JoinHandle;
 
 use crate::store::{EventRow, MetricRow, RowWriter, Store, StoreError};
 
@@ -113,22 +116,23 @@ pub struct GroupCommit {
     metrics: Queue<MetricRow>,
     events: Queue<EventRow>,
     stop: watch::Sender<bool>,
-    writers: std::sync::Mutex<Vec<JoinHandle<()>>>,
+    /// One per writer thread, resolved (or dropped) when it ends.
+    writers: std::sync::Mutex<Vec<oneshot::Receiver<()>>>,
 }
 
 impl GroupCommit {
-    /// Starts the writers on the current Tokio runtime.
-    pub fn start(store: Arc<dyn Store>, settings: GroupCommitSettings) -> Self {
+    /// Starts the writers, each on a thread of its own.
+    pub fn start(store: Arc<dyn Store>, settings: GroupCommitSettings) -> std::io::Result<Self> {
         let (stop, stopped) = watch::channel(false);
         let mut writers = Vec::new();
-        let metrics = spawn_writers(&store, settings, &stopped, &mut writers);
-        let events = spawn_writers(&store, settings, &stopped, &mut writers);
-        GroupCommit {
+        let metrics = spawn_writers(&store, settings, &stopped, &mut writers)?;
+        let events = spawn_writers(&store, settings, &stopped, &mut writers)?;
+        Ok(GroupCommit {
             metrics,
             events,
             stop,
             writers: std::sync::Mutex::new(writers),
-        }
+        })
     }
 
     /// Stores one metric; returns once its transaction has committed.
@@ -153,8 +157,9 @@ impl GroupCommit {
     pub async fn shutdown(&self) {
         let _ = self.stop.send(true);
         let writers = std::mem::take(&mut *self.writers.lock().expect("writer list lock"));
-        for writer in writers {
-            let _ = writer.await;
+        for ended in writers {
+            // An error means the thread ended without saying so (a panic): it is over too.
+            let _ = ended.await;
         }
     }
 }
@@ -163,23 +168,34 @@ fn spawn_writers<R: BatchRow>(
     store: &Arc<dyn Store>,
     settings: GroupCommitSettings,
     stopped: &watch::Receiver<bool>,
-    handles: &mut Vec<JoinHandle<()>>,
-) -> Queue<R> {
+    ended: &mut Vec<oneshot::Receiver<()>>,
+) -> std::io::Result<Queue<R>> {
     let (sender, receiver) = mpsc::channel(settings.queue_capacity.max(1));
     let receiver = Arc::new(Mutex::new(receiver));
     for _ in 0..settings.writers_per_table.max(1) {
-        handles.push(tokio::spawn(write_loop(
-            store.writer(),
-            receiver.clone(),
-            settings,
-            stopped.clone(),
-        )));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (store, receiver, stopped) = (store.clone(), receiver.clone(), stopped.clone());
+        let (end, ended_rx) = oneshot::channel();
+        std::thread::Builder::new()
+            .name("group-commit".to_owned())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    // Made here, so that its connection belongs to this runtime.
+                    let mut writer = store.writer();
+                    write_loop(&mut *writer, receiver, settings, stopped).await;
+                    writer.close().await;
+                });
+                let _ = end.send(());
+            })?;
+        ended.push(ended_rx);
     }
-    Queue { sender }
+    Ok(Queue { sender })
 }
 
 async fn write_loop<R: BatchRow>(
-    mut writer: Box<dyn RowWriter>,
+    writer: &mut dyn RowWriter,
     receiver: Arc<Mutex<mpsc::Receiver<Pending<R>>>>,
     settings: GroupCommitSettings,
     mut stopped: watch::Receiver<bool>,
@@ -189,11 +205,11 @@ async fn write_loop<R: BatchRow>(
         {
             // The lock is held only while collecting: other writers commit meanwhile.
             let mut receiver = receiver.lock().await;
-            if !collect(&mut receiver, &mut batch, &mut stopped, &mut *writer).await {
+            if !collect(&mut receiver, &mut batch, &mut stopped, writer).await {
                 return;
             }
         }
-        commit(&mut *writer, batch.take_rows()).await;
+        commit(writer, batch.take_rows()).await;
     }
 }
 

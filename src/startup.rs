@@ -48,16 +48,19 @@ impl Application {
         let store = store::connect(&settings.database)
             .await
             .context("database not usable")?;
-        let ingest = Arc::new(GroupCommit::start(
-            store.clone(),
-            GroupCommitSettings {
-                max_batch: settings.ingest.max_batch,
-                max_batch_bytes: settings.ingest.max_batch_bytes,
-                max_wait: Duration::from_micros(settings.ingest.max_wait_us),
-                queue_capacity: settings.ingest.queue_capacity,
-                writers_per_table: settings.ingest.writers_per_table,
-            },
-        ));
+        let ingest = Arc::new(
+            GroupCommit::start(
+                store.clone(),
+                GroupCommitSettings {
+                    max_batch: settings.ingest.max_batch,
+                    max_batch_bytes: settings.ingest.max_batch_bytes,
+                    max_wait: Duration::from_micros(settings.ingest.max_wait_us),
+                    queue_capacity: settings.ingest.queue_capacity,
+                    writers_per_table: settings.ingest.writers_per_table,
+                },
+            )
+            .context("group-commit writer threads not started")?,
+        );
         let alerter = Alerter::from_settings(&settings.discord)
             .context("DISCORD_API_BASE_URL is not a URL")?
             .map(Arc::new);

@@ -197,12 +197,17 @@ pub trait RowWriter: Send {
     async fn insert_events(&mut self, rows: &[EventRow]) -> Result<(), StoreError>;
     /// Returns the kept connection to the pool (the writer is about to wait for rows).
     fn release(&mut self);
+    /// Closes the connections the writer owns; called when its writer stops.
+    async fn close(&mut self);
 }
 
 /// What the service needs from a database.
 #[async_trait]
 pub trait Store: Send + Sync {
-    /// A writer for the group-commit path; it takes a pool connection when it first writes.
+    /// A writer for the group-commit path; it takes a connection when it first writes.
+    /// Called on the writer's own thread: a connection opened there belongs to that
+    /// thread's runtime, so its replies wake the writer without going through the request
+    /// runtime.
     fn writer(&self) -> Box<dyn RowWriter>;
     /// Stores the rows in one transaction: all of them or none.
     async fn insert_metrics(&self, rows: &[MetricRow]) -> Result<(), StoreError>;
@@ -254,11 +259,27 @@ trait BatchStatements: sqlx::Database {
 struct HeldConnection<DB: sqlx::Database> {
     pool: sqlx::Pool<DB>,
     conn: Option<sqlx::pool::PoolConnection<DB>>,
+    /// The pool is the writer's alone (closed with it), not the store's.
+    owns_pool: bool,
 }
 
 impl<DB: sqlx::Database> HeldConnection<DB> {
-    fn new(pool: sqlx::Pool<DB>) -> Self {
-        HeldConnection { pool, conn: None }
+    /// A writer that takes its connection from the store's pool.
+    fn sharing(pool: sqlx::Pool<DB>) -> Self {
+        HeldConnection {
+            pool,
+            conn: None,
+            owns_pool: false,
+        }
+    }
+
+    /// A writer with a pool of its own.
+    fn owning(pool: sqlx::Pool<DB>) -> Self {
+        HeldConnection {
+            pool,
+            conn: None,
+            owns_pool: true,
+        }
     }
 
     /// The kept connection, or a new one from the pool.
@@ -293,6 +314,13 @@ impl<DB: BatchStatements> RowWriter for HeldConnection<DB> {
 
     fn release(&mut self) {
         self.conn = None;
+    }
+
+    async fn close(&mut self) {
+        self.conn = None;
+        if self.owns_pool {
+            self.pool.close().await;
+        }
     }
 }
 

@@ -84,7 +84,9 @@ impl SqliteStore {
 #[async_trait]
 impl Store for SqliteStore {
     fn writer(&self) -> Box<dyn RowWriter> {
-        Box::new(HeldConnection::<Sqlite>::new(self.pool.clone()))
+        // SQLite connections run on threads of their own and answer through channels, so the
+        // store's pool serves any runtime.
+        Box::new(HeldConnection::<Sqlite>::sharing(self.pool.clone()))
     }
 
     async fn insert_metrics(&self, rows: &[MetricRow]) -> Result<(), StoreError> {

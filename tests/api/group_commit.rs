@@ -69,7 +69,10 @@ async fn concurrent_requests_get_distinct_ids_and_all_rows_are_stored(app: TestA
     }
 }
 
-on_both_backends!(concurrent_requests_get_distinct_ids_and_all_rows_are_stored);
+on_both_backends!(
+    concurrent_requests_get_distinct_ids_and_all_rows_are_stored,
+    an_idle_writer_holds_none_of_the_stores_connections,
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_hundred_concurrent_requests_take_fewer_transactions_than_requests() {
@@ -332,10 +335,9 @@ async fn a_writer_whose_connection_the_server_drops_takes_a_new_one() {
     assert_eq!(statuses.last(), Some(&200), "{statuses:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_idle_writer_gives_its_connection_back_to_the_pool() {
-    let app = TestApp::spawn(Backend::Postgres).await;
-
+async fn an_idle_writer_holds_none_of_the_stores_connections(app: TestApp) {
+    // PostgreSQL writers have a connection of their own; SQLite's give theirs back to the
+    // store's pool after 100 ms without rows. Either way the batch endpoints get the pool.
     let stored = app
         .post_json(METRIC, &metric("one"), Some(&app.token("user-1")))
         .await;
@@ -343,8 +345,5 @@ async fn an_idle_writer_gives_its_connection_back_to_the_pool() {
 
     assert_eq!(stored.status(), 200);
     let stats = app.store.pool_stats();
-    assert_eq!(
-        stats.idle, stats.size,
-        "no connection kept after 100 ms idle: {stats:?}"
-    );
+    assert_eq!(stats.idle, stats.size, "a connection is held: {stats:?}");
 }

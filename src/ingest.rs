@@ -6,8 +6,8 @@
 //! one per request. The queue is bounded: when it is full the request is refused (503)
 //! instead of waiting without bound.
 //!
-//! Each writer runs on a thread of its own, with a single-threaded runtime and its own
-//! connection. Every single-event request waits for the writer, and PostgreSQL waits for it
+//! The writers run on a thread of their own, with a single-threaded runtime and their own
+//! connections. Every single-event request waits for a writer, and PostgreSQL waits for it
 //! between batches; on the request runtime its wake-ups queued behind request tasks.
 
 use std::sync::Arc;
@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::{Mutex, mpsc, oneshot, watch};
+use tokio::task::JoinSet;
 
 use crate::store::{EventRow, MetricRow, RowWriter, Store, StoreError};
 
@@ -92,6 +93,12 @@ struct Queue<R> {
 }
 
 impl<R: BatchRow> Queue<R> {
+    /// The queue and the receiving end its writers share.
+    fn new(settings: GroupCommitSettings) -> (Self, mpsc::Receiver<Pending<R>>) {
+        let (sender, receiver) = mpsc::channel(settings.queue_capacity.max(1));
+        (Queue { sender }, receiver)
+    }
+
     /// Rows in the queue, not yet taken by a writer.
     fn waiting(&self) -> usize {
         self.sender.max_capacity() - self.sender.capacity()
@@ -116,22 +123,37 @@ pub struct GroupCommit {
     metrics: Queue<MetricRow>,
     events: Queue<EventRow>,
     stop: watch::Sender<bool>,
-    /// One per writer thread, resolved (or dropped) when it ends.
-    writers: std::sync::Mutex<Vec<oneshot::Receiver<()>>>,
+    /// Resolves (or is dropped) when the writers' thread ends.
+    ended: std::sync::Mutex<Option<oneshot::Receiver<()>>>,
 }
 
 impl GroupCommit {
-    /// Starts the writers, each on a thread of its own.
+    /// Starts the writers of both tables on one thread of their own.
     pub fn start(store: Arc<dyn Store>, settings: GroupCommitSettings) -> std::io::Result<Self> {
         let (stop, stopped) = watch::channel(false);
-        let mut writers = Vec::new();
-        let metrics = spawn_writers(&store, settings, &stopped, &mut writers)?;
-        let events = spawn_writers(&store, settings, &stopped, &mut writers)?;
+        let (metrics, metric_rows) = Queue::new(settings);
+        let (events, event_rows) = Queue::new(settings);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (end, ended) = oneshot::channel();
+        std::thread::Builder::new()
+            .name("group-commit".to_owned())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let mut writers = JoinSet::new();
+                    spawn_writers(&mut writers, &store, metric_rows, settings, &stopped);
+                    spawn_writers(&mut writers, &store, event_rows, settings, &stopped);
+                    // A writer that panicked is over too; the others still drain.
+                    while writers.join_next().await.is_some() {}
+                });
+                let _ = end.send(());
+            })?;
         Ok(GroupCommit {
             metrics,
             events,
             stop,
-            writers: std::sync::Mutex::new(writers),
+            ended: std::sync::Mutex::new(Some(ended)),
         })
     }
 
@@ -156,42 +178,32 @@ impl GroupCommit {
     /// Refuses new rows, writes every queued one, and waits for the writers to finish.
     pub async fn shutdown(&self) {
         let _ = self.stop.send(true);
-        let writers = std::mem::take(&mut *self.writers.lock().expect("writer list lock"));
-        for ended in writers {
+        let ended = self.ended.lock().expect("writer thread lock").take();
+        if let Some(ended) = ended {
             // An error means the thread ended without saying so (a panic): it is over too.
             let _ = ended.await;
         }
     }
 }
 
+/// Starts `writers_per_table` writers of one table on the current (writer) runtime.
 fn spawn_writers<R: BatchRow>(
+    writers: &mut JoinSet<()>,
     store: &Arc<dyn Store>,
+    rows: mpsc::Receiver<Pending<R>>,
     settings: GroupCommitSettings,
     stopped: &watch::Receiver<bool>,
-    ended: &mut Vec<oneshot::Receiver<()>>,
-) -> std::io::Result<Queue<R>> {
-    let (sender, receiver) = mpsc::channel(settings.queue_capacity.max(1));
-    let receiver = Arc::new(Mutex::new(receiver));
+) {
+    let rows = Arc::new(Mutex::new(rows));
     for _ in 0..settings.writers_per_table.max(1) {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let (store, receiver, stopped) = (store.clone(), receiver.clone(), stopped.clone());
-        let (end, ended_rx) = oneshot::channel();
-        std::thread::Builder::new()
-            .name("group-commit".to_owned())
-            .spawn(move || {
-                runtime.block_on(async move {
-                    // Made here, so that its connection belongs to this runtime.
-                    let mut writer = store.writer();
-                    write_loop(&mut *writer, receiver, settings, stopped).await;
-                    writer.close().await;
-                });
-                let _ = end.send(());
-            })?;
-        ended.push(ended_rx);
+        let (store, rows, stopped) = (store.clone(), rows.clone(), stopped.clone());
+        writers.spawn(async move {
+            // Made here, so that its connection belongs to this runtime.
+            let mut writer = store.writer();
+            write_loop(&mut *writer, rows, settings, stopped).await;
+            writer.close().await;
+        });
     }
-    Ok(Queue { sender })
 }
 
 async fn write_loop<R: BatchRow>(

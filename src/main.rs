@@ -6,6 +6,8 @@ use clap::Parser;
 
 // glibc malloc showed up as ~11% of the request path's CPU in `perf`; mimalloc is faster for
 // many small short-lived allocations and keeps the resident set small under many threads.
+// Its `no_thp` feature (Cargo.toml) stops it asking for transparent huge pages: each 2 MiB
+// page counted whole in RSS (peak at 256 connections 62-73 MB with them, 42 MB without).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

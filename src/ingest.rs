@@ -128,7 +128,8 @@ pub struct GroupCommit {
 }
 
 impl GroupCommit {
-    /// Starts the writers of both tables on one thread of their own.
+    /// Starts the writers of both tables on one thread of their own; fails only when the OS
+    /// refuses the thread or its runtime.
     pub fn start(store: Arc<dyn Store>, settings: GroupCommitSettings) -> std::io::Result<Self> {
         let (stop, stopped) = watch::channel(false);
         let (metrics, metric_rows) = Queue::new(settings);
@@ -237,15 +238,15 @@ struct Batch<R> {
 impl<R: BatchRow> Batch<R> {
     fn new(settings: GroupCommitSettings) -> Self {
         Batch {
-            rows: Vec::with_capacity(settings.max_batch),
+            rows: Vec::new(),
             bytes: 0,
             held_over: None,
             settings,
         }
     }
 
-    /// Adds the row, or holds it over for the next batch when it would pass a limit. A row
-    /// alone always fits, so a batch is never empty and never over a limit with two rows.
+    /// Adds the row, or holds it over for the next batch when it would pass the byte limit.
+    /// A row alone always fits: a batch is never empty, and only a lone row can be larger.
     fn offer(&mut self, pending: Pending<R>) {
         let bytes = pending.row.approx_bytes();
         if !self.rows.is_empty() && self.bytes + bytes > self.settings.max_batch_bytes {
@@ -265,7 +266,7 @@ impl<R: BatchRow> Batch<R> {
     /// The collected rows; the held-over row stays for the next batch.
     fn take_rows(&mut self) -> Vec<Pending<R>> {
         self.bytes = 0;
-        std::mem::replace(&mut self.rows, Vec::with_capacity(self.settings.max_batch))
+        std::mem::take(&mut self.rows)
     }
 }
 

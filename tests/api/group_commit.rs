@@ -21,17 +21,31 @@ fn metric(name: &str) -> Value {
     json!({"metric_name": name, "metric_value": 1, "data_string": "d"})
 }
 
+/// A request to the metric endpoint as `token`'s user, sent when awaited.
+fn send_metric(
+    app: &TestApp,
+    token: &str,
+    body: &Value,
+) -> impl Future<Output = reqwest::Result<reqwest::Response>> + Send + use<> {
+    app.client
+        .post(app.url(METRIC))
+        .bearer_auth(token)
+        .json(body)
+        .send()
+}
+
+/// Commits `blocker`'s transaction (releasing its table lock) after `ms` milliseconds.
+async fn commit_after(blocker: &mut PgConnection, ms: u64) {
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    blocker.execute("commit").await.unwrap();
+}
+
 /// Fires `bodies` concurrently; returns (status, body) per request, in completion order.
 async fn post_all(app: &TestApp, bodies: Vec<Value>) -> Vec<(u16, Value)> {
     let token = app.token("user-1");
     let mut requests = JoinSet::new();
     for body in bodies {
-        let request = app
-            .client
-            .post(app.url(METRIC))
-            .bearer_auth(&token)
-            .json(&body)
-            .send();
+        let request = send_metric(app, &token, &body);
         requests.spawn(async move {
             let response = request.await.expect("the request reaches the server");
             (
@@ -178,13 +192,7 @@ async fn a_full_queue_answers_503_with_retry_after() {
     .await;
     let mut blocker = app.lock_metrics_table().await;
     let token = app.token("user-1");
-    let send = |name: &str| {
-        app.client
-            .post(app.url(METRIC))
-            .bearer_auth(&token)
-            .json(&metric(name))
-            .send()
-    };
+    let send = |name: &str| send_metric(&app, &token, &metric(name));
     let first = tokio::spawn(send("first"));
     app.wait_for_lock_waiter().await;
     let mut rest = JoinSet::new();
@@ -217,21 +225,11 @@ async fn shutdown_with_a_full_queue_answers_every_accepted_request() {
     let token = app.token("user-1");
     let mut requests = JoinSet::new();
     for i in 0..20 {
-        let request = app
-            .client
-            .post(app.url(METRIC))
-            .bearer_auth(&token)
-            .json(&metric(&format!("m{i}")))
-            .send();
-        requests.spawn(request);
+        requests.spawn(send_metric(&app, &token, &metric(&format!("m{i}"))));
     }
     app.wait_for_lock_waiter().await;
 
-    let release_later = async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        blocker.execute("commit").await.unwrap();
-    };
-    let (stopped, ()) = tokio::join!(app.stop(), release_later);
+    let (stopped, ()) = tokio::join!(app.stop(), commit_after(&mut blocker, 300));
 
     stopped.expect("the server stops cleanly");
     let statuses: Vec<u16> = requests
@@ -261,15 +259,7 @@ async fn rows_still_queued_when_the_drain_deadline_passes_are_written() {
     .await;
     let mut blocker = app.lock_metrics_table().await;
     let token = app.token("user-1");
-    let send = |i: usize| {
-        let request = app
-            .client
-            .post(app.url(METRIC))
-            .bearer_auth(&token)
-            .json(&metric(&format!("m{i:02}")))
-            .send();
-        tokio::spawn(request)
-    };
+    let send = |i: usize| tokio::spawn(send_metric(&app, &token, &metric(&format!("m{i:02}"))));
     // The first row alone is in the blocked transaction; the other 19 wait in the queue.
     let mut requests = vec![send(0)];
     app.wait_for_lock_waiter().await;
@@ -282,11 +272,7 @@ async fn rows_still_queued_when_the_drain_deadline_passes_are_written() {
     }
     assert_eq!(app.group_commit.waiting_rows()[0], ("AnalyticsMetrics", 19));
 
-    let release_later = async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        blocker.execute("commit").await.unwrap();
-    };
-    let (stopped, ()) = tokio::join!(app.stop(), release_later);
+    let (stopped, ()) = tokio::join!(app.stop(), commit_after(&mut blocker, 300));
 
     // The deadline cut the connections before any answer; the queued rows are written.
     stopped.expect("the server stops cleanly");

@@ -321,6 +321,25 @@ async fn a_writer_whose_connection_the_server_drops_takes_a_new_one() {
     assert_eq!(statuses.last(), Some(&200), "{statuses:?}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_writer_writes_on_a_connection_outside_the_stores_pool() {
+    let app = TestApp::spawn(Backend::Postgres).await;
+    let mut blocker = app.lock_metrics_table().await;
+    let token = app.token("user-1");
+    let request = tokio::spawn(send_metric(&app, &token, &metric("m")));
+    // The writer is inside its transaction now, waiting for the lock.
+    app.wait_for_lock_waiter().await;
+
+    let stats = app.store.pool_stats();
+    commit_after(&mut blocker, 0).await;
+
+    assert_eq!(request.await.unwrap().unwrap().status(), 200);
+    assert_eq!(
+        stats.idle, stats.size,
+        "the writer holds a store connection: {stats:?}"
+    );
+}
+
 async fn an_idle_writer_holds_none_of_the_stores_connections(app: TestApp) {
     // PostgreSQL writers have a connection of their own; SQLite's give theirs back to the
     // store's pool after 100 ms without rows. Either way the batch endpoints get the pool.

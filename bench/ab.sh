@@ -10,32 +10,24 @@
 #      ADMIN_URL=postgres://postgres@127.0.0.1:5432/postgres
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/lib.sh
 
 rounds="${N:-8}"; duration="${D:-4s}"; scenario="${SCENARIO:-analytics}"; conns="${CONNS:-64}"
-admin_url="${ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
-key="bench-secret-0123456789abcdef0123456789abcdef"
-case "$admin_url" in *@127.0.0.1[:/]*|*@localhost[:/]*) ;; *) echo "refusing a non-loopback database" >&2; exit 2 ;; esac
-command -v wrk >/dev/null || { echo "wrk is missing: apt-get install -y wrk" >&2; exit 2; }
-scripts/ensure-postgres "$admin_url"
+require_local_database
+require_wrk
 
 declare -A port=([A]=18091 [B]=18092) pid=()
 declare -A path=([metric]=log_raw_metric [analytics]=log_raw_analytics [invalid]=log_raw_metric [noauth]=log_raw_metric)
 work="$(mktemp -d)"
 trap 'kill ${pid[A]:-} ${pid[B]:-} 2>/dev/null; rm -rf "$work"' EXIT
 for side in A B; do
-  db="ab_${side,,}"; bin_var="${side}_BIN"; env_var="${side}_ENV"
-  psql "$admin_url" -qX -c "drop database if exists $db with (force)" -c "create database $db"
-  env APP_ENV=prod HOST=127.0.0.1 PORT="${port[$side]}" JWT_VERIFY_KEY="$key" \
-    DATABASE_URL="${admin_url%/*}/$db" RUST_LOG=warn APP_RATE_LIMIT__USER_PER_SECOND=0 ${!env_var:-} \
-    "${!bin_var:-target/release/analytics-service}" > "$work/server_$side.log" 2>&1 &
-  pid[$side]=$!
+  bin_var="${side}_BIN"; env_var="${side}_ENV"
+  start_service "${port[$side]}" "$(fresh_database "ab_${side,,}")" "$work/server_$side.log" \
+    "${!bin_var:-}" ${!env_var:-}
+  pid[$side]=$service_pid
 done
-for side in A B; do
-  for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:${port[$side]}/readyz" >/dev/null && break; sleep 0.1; done
-done
-token="$(env APP_ENV=prod JWT_VERIFY_KEY="$key" target/release/analytics-service token --user-id bench-user --ttl 2h)"
+token="$(bench_token)"
 auth=(-H "Authorization: Bearer $token"); [[ $scenario == noauth ]] && auth=()
-cpu_ticks() { local stat; stat=($(sed 's/.*) //' "/proc/$1/stat")); echo $(( stat[11] + stat[12] )); }
 
 for round in $(seq 1 "$rounds"); do
   order="A B"; (( round % 2 == 0 )) && order="B A"

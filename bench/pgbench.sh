@@ -11,13 +11,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 duration="${DURATION:-6}"
 clients="${CLIENTS:-16 64}"
-admin_url="${ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+source bench/lib.sh
 db=analytics_pgbench
-db_url="${admin_url%/*}/$db"
-case "$admin_url" in *@127.0.0.1[:/]*|*@localhost[:/]*) ;; *) echo "refusing a non-loopback database" >&2; exit 2 ;; esac
-
-scripts/ensure-postgres "$admin_url"
-psql "$admin_url" -qX -c "drop database if exists $db with (force)" -c "create database $db"
+require_local_database
+db_url="$(fresh_database $db)"
 psql "$db_url" -qX -f migrations/postgres/0001_init.sql
 work="$(mktemp -d)"; trap 'rm -rf "$work"' EXIT
 

@@ -19,33 +19,23 @@
 #      BUILD=0 (use the release binary as it is)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/lib.sh
 
 duration="${DURATION:-6s}"
 conns_list="${CONNS:-16 64 256}"
 scenarios="${SCENARIOS:-metric analytics batch100 invalid noauth}"
 reps="${REPS:-1}"
 port="${PORT:-18086}"
-admin_url="${ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
-db=analytics_bench
-db_url="${admin_url%/*}/$db"
-key="bench-secret-0123456789abcdef0123456789abcdef"
-case "$admin_url" in *@127.0.0.1[:/]*|*@localhost[:/]*) ;; *) echo "refusing a non-loopback database" >&2; exit 2 ;; esac
-command -v wrk >/dev/null || { echo "wrk is missing: apt-get install -y wrk" >&2; exit 2; }
-
-scripts/ensure-postgres "$admin_url"
+require_local_database
+require_wrk
 [[ "${BUILD:-1}" == 0 ]] || cargo build --release --quiet
-psql "$admin_url" -qX -c "drop database if exists $db with (force)" -c "create database $db"
+db_url="$(fresh_database analytics_bench)"
 
 work="$(mktemp -d)"
-env APP_ENV=prod HOST=127.0.0.1 PORT="$port" JWT_VERIFY_KEY="$key" DATABASE_URL="$db_url" \
-  RUST_LOG=warn APP_RATE_LIMIT__USER_PER_SECOND=0 ${SERVER_ENV:-} target/release/analytics-service > "$work/server.log" 2>&1 &
-server=$!
+start_service "$port" "$db_url" "$work/server.log" "" ${SERVER_ENV:-}
+server=$service_pid
 trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; rm -rf "$work"' EXIT
-for _ in $(seq 1 100); do
-  curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && break
-  sleep 0.1
-done
-token="$(env APP_ENV=prod JWT_VERIFY_KEY="$key" target/release/analytics-service token --user-id bench-user --ttl 2h)"
+token="$(bench_token)"
 
 declare -A path=([metric]=log_raw_metric [analytics]=log_raw_analytics [batch100]=log_raw_metric/batch
                  [invalid]=log_raw_metric [noauth]=log_raw_metric)
@@ -54,15 +44,6 @@ declare -A table=([metric]=AnalyticsMetrics [analytics]=AnalyticsDetails [batch1
 declare -A rows_per_ok=([metric]=1 [analytics]=1 [batch100]=100 [invalid]=0 [noauth]=0)
 
 sql() { psql "$db_url" -qXtA -c "$1"; }
-# CPU ticks (user + system) of the given processes; one that has gone counts 0.
-cpu_ticks() {
-  local total=0 pid stat
-  for pid in "$@"; do
-    stat=($(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null)) || continue
-    total=$(( total + ${stat[11]:-0} + ${stat[12]:-0} ))   # utime, stime
-  done
-  echo "$total"
-}
 # Of all PostgreSQL processes alive now: a backend started during a run counts from zero.
 postgres_ticks() { cpu_ticks $(pgrep -u postgres postgres || true); }
 

@@ -283,19 +283,10 @@ async fn collect<R: BatchRow>(
 ) -> bool {
     let first = match batch.held_over.take() {
         Some(held_over) => held_over,
-        None => {
-            let waited =
-                tokio::time::timeout(RELEASE_IDLE_CONNECTION_AFTER, next_row(receiver, stopped));
-            let first = match waited.await {
-                Ok(first) => first,
-                Err(_idle) => {
-                    writer.release();
-                    next_row(receiver, stopped).await
-                }
-            };
-            let Some(first) = first else { return false };
-            first
-        }
+        None => match wait_for_row(receiver, stopped, writer).await {
+            Some(first) => first,
+            None => return false,
+        },
     };
     batch.offer(first);
     while batch.has_room() {
@@ -319,6 +310,23 @@ async fn collect<R: BatchRow>(
         }
     }
     true
+}
+
+/// The next queued row, however long it takes; a writer idle for a while gives its
+/// connection back meanwhile. `None` as for `next_row`.
+async fn wait_for_row<R>(
+    receiver: &mut mpsc::Receiver<Pending<R>>,
+    stopped: &mut watch::Receiver<bool>,
+    writer: &mut dyn RowWriter,
+) -> Option<Pending<R>> {
+    let waited = tokio::time::timeout(RELEASE_IDLE_CONNECTION_AFTER, next_row(receiver, stopped));
+    match waited.await {
+        Ok(row) => row,
+        Err(_idle) => {
+            writer.release();
+            next_row(receiver, stopped).await
+        }
+    }
 }
 
 /// The next queued row; after a stop request, `None` once the queue is empty. Cancel-safe.

@@ -91,7 +91,7 @@ fn describe() {
     describe_gauge!(BUILD_INFO, "Build information");
 }
 
-/// The Prometheus text for a scrape, with the pool gauges read now.
+/// The Prometheus text for a scrape, with the pool and group-commit queue gauges read now.
 pub fn render(pool: PoolStats, waiting_rows: [(&'static str, usize); 2]) -> String {
     gauge!(DB_POOL_SIZE).set(f64::from(pool.size));
     gauge!(DB_POOL_IDLE).set(f64::from(pool.idle));

@@ -344,15 +344,20 @@ fn bearer_token(headers: &HeaderMap) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
+/// Marks a request whose caller failed authentication, for the body reader: such a body
+/// draws on the smaller anonymous body budget.
+#[derive(Debug, Clone, Copy)]
+pub struct Unauthenticated;
+
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        state
-            .authenticator
-            .authenticate_async(&parts.headers)
-            .await
-            .map_err(ApiError::from)
+        let caller = state.authenticator.authenticate_async(&parts.headers).await;
+        if caller.is_err() {
+            parts.extensions.insert(Unauthenticated);
+        }
+        caller.map_err(ApiError::from)
     }
 }
 

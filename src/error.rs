@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use crate::auth::AuthError;
-use crate::domain::FieldError;
+use crate::domain::{DetailBudget, FieldError};
 use crate::store::StoreError;
 
 /// Seconds a client is told to wait (`Retry-After`) when the database is unavailable.
@@ -46,6 +46,10 @@ pub enum ApiError {
     /// 400: the body could not be read (the client broke off, bad chunking).
     #[error("request body unreadable: {0}")]
     BodyUnreadable(String),
+    /// 503: the budget of request bodies held in memory stayed spent (see
+    /// `edge::body_budget`).
+    #[error("request body budget spent")]
+    Busy,
     /// 404.
     #[error("not found")]
     NotFound,
@@ -65,6 +69,17 @@ impl ApiError {
             hint,
         }
     }
+}
+
+/// A 503 that a retry will help, in the storage-error shape with `Retry-After`.
+pub fn retry_later(message: &str) -> Response {
+    let body = json!({ "detail": { "message": message, "hint": "Retry the request later." }});
+    let mut response = (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    response.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(STORAGE_RETRY_AFTER_SECS),
+    );
+    response
 }
 
 fn detail(status: StatusCode, text: impl Into<String>) -> Response {
@@ -97,9 +112,10 @@ impl IntoResponse for ApiError {
                 errors,
             } => {
                 tracing::debug!(errors = errors.len(), "request body failed validation");
+                let detail = DetailBudget::default().list(errors, vec!["body".into()]);
                 let body = json!({
                     "message": format!("Invalid data for {request_line}"),
-                    "detail": errors,
+                    "detail": detail,
                     "hint": "Ensure the request matches the API schema.",
                 });
                 (StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response()
@@ -110,6 +126,7 @@ impl IntoResponse for ApiError {
             ),
             ApiError::BodyUnreadable(reason) => detail(StatusCode::BAD_REQUEST, reason),
             ApiError::Storage { source, hint } => storage_response(source, hint),
+            ApiError::Busy => retry_later("Too many request bodies in memory; retry later"),
             ApiError::NotFound => detail(StatusCode::NOT_FOUND, "Not Found"),
             ApiError::MethodNotAllowed => {
                 detail(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed")

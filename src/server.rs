@@ -97,10 +97,10 @@ pub async fn serve(
     Ok(())
 }
 
-/// The peer address of a request served by [`serve`] (absent in `oneshot` tests).
-pub fn peer_addr<B>(request: &axum::http::Request<B>) -> Option<SocketAddr> {
-    request
-        .extensions()
+/// The peer address of a request served by [`serve`], from its extensions (absent in
+/// `oneshot` tests).
+pub fn peer_addr(extensions: &axum::http::Extensions) -> Option<SocketAddr> {
+    extensions
         .get::<ConnectInfo<SocketAddr>>()
         .map(|info| info.0)
 }

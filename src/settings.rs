@@ -136,6 +136,12 @@ pub struct ServerSettings {
     pub port: u16,
     /// Largest accepted request body, in bytes.
     pub body_limit_bytes: usize,
+    /// Request-body bytes (decompressed) held in memory at once by authenticated requests.
+    pub body_budget_bytes: usize,
+    /// The same for requests whose caller failed authentication.
+    pub anonymous_body_budget_bytes: usize,
+    /// How long a body waits for room in its budget before the request gets 503.
+    pub body_budget_wait_ms: u64,
     /// A request running longer than this is answered 503.
     pub request_timeout_secs: u64,
     /// How long in-flight requests may run after a shutdown signal.
@@ -429,6 +435,28 @@ impl Settings {
         }
         if self.server.body_limit_bytes == 0 || self.ingest.batch_body_limit_bytes == 0 {
             return invalid("body limits must be at least 1 byte");
+        }
+        // A batch takes one token per item from the user's bucket: a bucket smaller than
+        // the largest batch would refuse that batch forever.
+        if self.rate_limit.user_per_second > 0.0
+            && (self.rate_limit.user_burst as usize) < self.ingest.batch_max_items
+        {
+            return invalid(
+                "rate_limit.user_burst must be at least ingest.batch_max_items (a batch takes one token per item)",
+            );
+        }
+        // A budget smaller than one allowed body would refuse that body forever.
+        let largest_body = self
+            .server
+            .body_limit_bytes
+            .max(self.ingest.batch_body_limit_bytes);
+        if self.server.body_budget_bytes < largest_body
+            || self.server.anonymous_body_budget_bytes < self.server.body_limit_bytes
+        {
+            return invalid(
+                "server.body_budget_bytes must hold the largest body limit, and \
+                 server.anonymous_body_budget_bytes must hold server.body_limit_bytes",
+            );
         }
         if self.ingest.max_batch == 0 || self.ingest.queue_capacity == 0 {
             return invalid("ingest.max_batch and ingest.queue_capacity must be at least 1");

@@ -13,6 +13,7 @@ use crate::alerts::{self, Alerter};
 use crate::auth::Authenticator;
 use crate::clock::{Clock, SystemClock};
 use crate::edge::Edge;
+use crate::edge::body_budget::BodyBudget;
 use crate::idempotency::Idempotency;
 use crate::ingest::{GroupCommit, GroupCommitSettings};
 use crate::routes::{RouterLimits, router};
@@ -27,6 +28,7 @@ pub struct Application {
     router: axum::Router,
     store: Arc<dyn Store>,
     ingest: Arc<GroupCommit>,
+    body_budget: Arc<BodyBudget>,
     shutdown_timeout: Duration,
     /// `GET /metrics` on its own port, when `metrics.admin_port` is set.
     admin: Option<(TcpListener, axum::Router)>,
@@ -71,12 +73,18 @@ impl Application {
             retention: Duration::from_secs(settings.idempotency.retention_secs),
             clock: clock.clone(),
         };
+        let body_budget = Arc::new(BodyBudget::new(
+            settings.server.body_budget_bytes,
+            settings.server.anonymous_body_budget_bytes,
+            Duration::from_millis(settings.server.body_budget_wait_ms),
+        ));
         let state = AppState::new(Handles {
             store: store.clone(),
             ingest: ingest.clone(),
             authenticator,
             clock,
             body_limit: settings.server.body_limit_bytes,
+            body_budget: body_budget.clone(),
             batch_max_items: settings.ingest.batch_max_items,
             batch_turns: Arc::new(tokio::sync::Semaphore::new(
                 settings.ingest.batch_max_concurrent,
@@ -115,6 +123,7 @@ impl Application {
             router: router(state, limits),
             store,
             ingest,
+            body_budget,
             shutdown_timeout: Duration::from_secs(settings.server.shutdown_timeout_secs),
             admin,
             connection_limits: ConnectionLimits {
@@ -142,6 +151,11 @@ impl Application {
     /// The store the service writes to (tests read rows back through it).
     pub fn store(&self) -> Arc<dyn Store> {
         self.store.clone()
+    }
+
+    /// The request-body budget (tests read what is charged).
+    pub fn body_budget(&self) -> Arc<BodyBudget> {
+        self.body_budget.clone()
     }
 
     /// The group-commit writers (tests read their queues).

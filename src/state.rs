@@ -44,6 +44,8 @@ pub struct Handles {
     pub clock: Arc<dyn Clock>,
     /// Largest accepted request body, in bytes (named in the 413).
     pub body_limit: usize,
+    /// Request-body bytes that may be held in memory at once.
+    pub body_budget: Arc<crate::edge::body_budget::BodyBudget>,
     /// Most items in one batch-endpoint request.
     pub batch_max_items: usize,
     /// Turns for batch-endpoint requests (see [`crate::routes`]'s `BatchTurn`).

@@ -6,8 +6,8 @@ use serde_json::{Map, Value};
 
 use super::stored_form::is_stored_form;
 use super::{
-    FieldError, Location, body_object, fields, input_of, pyjson, strip_control_chars,
-    strip_control_chars_in_map,
+    FieldError, Location, MAX_LISTED_ERRORS, body_object, fields, input_of, pyjson,
+    strip_control_chars, strip_control_chars_in_map,
 };
 
 /// Most UTF-8 bytes in `type` and in `data_index`. Both are keys of PostgreSQL's b-tree index
@@ -45,6 +45,9 @@ impl NewAnalyticsEvent {
     /// [`parse`](Self::parse) gives for the same body. `None` means "take the general path"
     /// (which also produces any validation errors), never "invalid".
     pub fn from_compact_body(body: &[u8]) -> Option<Self> {
+        if !pyjson::is_object_text(body) {
+            return None;
+        }
         let body: CompactBody<'_> = serde_json::from_slice(body).ok()?;
         let data = body.data.get();
         let indexed_fit = body.event_type.len() <= MAX_INDEXED_BYTES
@@ -105,7 +108,7 @@ fn indexed_string<'a>(
 
 fn dict<'a>(
     object: &'a Map<String, Value>,
-    field: &str,
+    field: &'a str,
     errors: &mut Vec<FieldError>,
 ) -> Option<&'a Map<String, Value>> {
     match object.get(field) {
@@ -114,10 +117,18 @@ fn dict<'a>(
             None
         }
         Some(data @ Value::Object(map)) => {
-            let before = errors.len();
-            let mut path = vec![Location::from("body"), Location::from(field)];
-            find_non_finite(data, &mut path, errors);
-            (errors.len() == before).then_some(map)
+            let mut search = NonFiniteSearch {
+                path: vec![Step::Key("body"), Step::Key(field)],
+                found: 0,
+                errors,
+            };
+            search.visit(data);
+            let found = search.found;
+            if found > MAX_LISTED_ERRORS {
+                let loc = vec![Location::from("body"), Location::from(field)];
+                errors.push(FieldError::omitted(loc, found - MAX_LISTED_ERRORS));
+            }
+            (found == 0).then_some(map)
         }
         Some(other) => {
             errors.push(FieldError::dict_type(field, other));
@@ -126,24 +137,50 @@ fn dict<'a>(
     }
 }
 
+/// One step of the path to a value, borrowed from the body: owned `loc`s are built only
+/// for the errors listed.
+#[derive(Clone, Copy)]
+enum Step<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
 /// Python would have stored NaN/Infinity and PostgreSQL's JSONB refused them (a 500); here
-/// they are a 422 naming where they are.
-fn find_non_finite(value: &Value, path: &mut Vec<Location>, errors: &mut Vec<FieldError>) {
-    match value {
-        Value::Object(map) => map.iter().for_each(|(key, item)| {
-            path.push(Location::Key(key.clone()));
-            find_non_finite(item, path, errors);
-            path.pop();
-        }),
-        Value::Array(items) => items.iter().enumerate().for_each(|(index, item)| {
-            path.push(Location::Index(index));
-            find_non_finite(item, path, errors);
-            path.pop();
-        }),
-        other if pyjson::non_finite_token(other).is_some() => {
-            errors.push(FieldError::finite_number_at(path.clone(), &input_of(other)));
+/// they are a 422 naming where they are. Every one is counted, the first
+/// [`MAX_LISTED_ERRORS`] are reported: a body of many such tokens costs neither time nor
+/// memory per token beyond the walk.
+struct NonFiniteSearch<'a, 'e> {
+    path: Vec<Step<'a>>,
+    found: usize,
+    errors: &'e mut Vec<FieldError>,
+}
+
+impl<'a> NonFiniteSearch<'a, '_> {
+    fn visit(&mut self, value: &'a Value) {
+        match value {
+            Value::Object(map) => map.iter().for_each(|(key, item)| {
+                self.path.push(Step::Key(key));
+                self.visit(item);
+                self.path.pop();
+            }),
+            Value::Array(items) => items.iter().enumerate().for_each(|(index, item)| {
+                self.path.push(Step::Index(index));
+                self.visit(item);
+                self.path.pop();
+            }),
+            other if pyjson::non_finite_token(other).is_some() => {
+                self.found += 1;
+                if self.found <= MAX_LISTED_ERRORS {
+                    let loc = self.path.iter().map(|step| match *step {
+                        Step::Key(key) => Location::from(key),
+                        Step::Index(index) => Location::Index(index),
+                    });
+                    let error = FieldError::finite_number_at(loc.collect(), &input_of(other));
+                    self.errors.push(error);
+                }
+            }
+            _ => {}
         }
-        _ => {}
     }
 }
 
@@ -228,6 +265,13 @@ mod tests {
             r#"{"type":"t","data":{"a": 1},"data_index":"i"}"#.to_owned(),
             r#"{"type":5,"data":{},"data_index":"i"}"#.to_owned(),
             format!(r#"{{"type":"{long}","data":{{}},"data_index":"i"}}"#),
+            // Not an object: serde's derived reader would take an array by position.
+            r#"["home",{"a":1},"idx"]"#.to_owned(),
+            r#" ["0",{},"0"]"#.to_owned(),
+            r#"[{"type":"t","data":{},"data_index":"i"}]"#.to_owned(),
+            r#""x""#.to_owned(),
+            "null".to_owned(),
+            "1".to_owned(),
         ] {
             assert_eq!(
                 NewAnalyticsEvent::from_compact_body(body.as_bytes()),

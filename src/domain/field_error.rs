@@ -1,7 +1,21 @@
 //! Validation errors in pydantic's words, so clients of the original read them unchanged.
 
+use std::io::Write;
+
 use serde::Serialize;
 use serde_json::{Map, Value, json};
+
+/// Most errors one answer lists (per item of a batch); the rest are counted, not listed.
+pub const MAX_LISTED_ERRORS: usize = 20;
+/// Bytes of listed errors one answer may carry; with the 422's envelope the body stays
+/// within 64 KiB whatever the input.
+pub const MAX_DETAIL_BYTES: usize = 60 * 1024;
+/// An echoed `input` longer than this as JSON is cut to this many bytes (and marked `…`).
+const MAX_INPUT_BYTES: usize = 1024;
+/// A `loc` key longer than this is cut to it (and marked `…`).
+const MAX_KEY_BYTES: usize = 128;
+/// The `type` of the entry that counts the errors left out.
+const OMITTED_KIND: &str = "too_many_errors";
 
 /// One element of an error's `loc`: a field name or an array index.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -171,6 +185,38 @@ impl FieldError {
         }
     }
 
+    /// Stands for `count` errors that are not listed: an answer lists at most
+    /// [`MAX_LISTED_ERRORS`] errors and [`MAX_DETAIL_BYTES`] of them.
+    pub fn omitted(loc: Vec<Location>, count: usize) -> Self {
+        FieldError {
+            kind: OMITTED_KIND,
+            loc,
+            msg: format!("{count} more error(s) not listed"),
+            input: Value::Null,
+            ctx: Some(json!({ "omitted": count })),
+        }
+    }
+
+    /// How many errors this entry stands for: its count for an [`omitted`](Self::omitted)
+    /// entry, else one.
+    fn count(&self) -> usize {
+        match (&self.ctx, self.kind) {
+            (Some(ctx), OMITTED_KIND) => ctx["omitted"].as_u64().map_or(1, |n| n as usize),
+            _ => 1,
+        }
+    }
+
+    /// The error as an answer shows it: a long `input` or `loc` key cut short.
+    fn shortened(mut self) -> Self {
+        for location in &mut self.loc {
+            if let Location::Key(key) = location {
+                cut(key, MAX_KEY_BYTES);
+            }
+        }
+        self.input = shortened_input(std::mem::take(&mut self.input));
+        self
+    }
+
     /// The body is not JSON; `position` is the byte offset of the error, as Python reports.
     pub fn json_invalid(position: usize, reason: &str) -> Self {
         FieldError {
@@ -183,11 +229,215 @@ impl FieldError {
     }
 }
 
+/// What one answer may still spend on listed errors. A single request's 422 uses one
+/// budget for its errors; a batch answer shares one across its items, so that hostile
+/// input (a token per error, keys of any length) never makes an answer larger than the
+/// limits say.
+#[derive(Debug)]
+pub struct DetailBudget {
+    bytes_left: usize,
+}
+
+impl Default for DetailBudget {
+    fn default() -> Self {
+        DetailBudget {
+            bytes_left: MAX_DETAIL_BYTES,
+        }
+    }
+}
+
+impl DetailBudget {
+    /// `errors` as an answer lists them: the first [`MAX_LISTED_ERRORS`] that fit in what
+    /// is left of the budget, each shortened, then one `too_many_errors` entry at
+    /// `omitted_loc` counting the rest (entries that already count errors are merged in).
+    pub fn list(&mut self, errors: Vec<FieldError>, omitted_loc: Vec<Location>) -> Vec<FieldError> {
+        let mut listed = Vec::new();
+        let mut omitted = 0;
+        for error in errors {
+            if error.kind == OMITTED_KIND || listed.len() == MAX_LISTED_ERRORS {
+                omitted += error.count();
+                continue;
+            }
+            let error = error.shortened();
+            let size = serialized_len(&error);
+            if size <= self.bytes_left {
+                self.bytes_left -= size;
+                listed.push(error);
+            } else {
+                // Keep the order: once one does not fit, none after it is listed.
+                self.bytes_left = 0;
+                omitted += 1;
+            }
+        }
+        if omitted > 0 {
+            listed.push(FieldError::omitted(omitted_loc, omitted));
+        }
+        listed
+    }
+}
+
+/// `text` cut to at most `max_bytes` (on a character boundary) and marked `…`.
+fn cut(text: &mut String, max_bytes: usize) {
+    if text.len() > max_bytes {
+        text.truncate(text.floor_char_boundary(max_bytes));
+        text.push('…');
+    }
+}
+
+/// An `input` within [`MAX_INPUT_BYTES`]: a longer string is cut; a longer array or
+/// object becomes the start of its JSON text, as a string. Found without writing out
+/// the whole value.
+fn shortened_input(input: Value) -> Value {
+    match input {
+        Value::String(mut text) => {
+            cut(&mut text, MAX_INPUT_BYTES);
+            Value::String(text)
+        }
+        Value::Array(_) | Value::Object(_) => {
+            let mut start = CappedWriter::default();
+            if serde_json::to_writer(&mut start, &input).is_ok() {
+                return input;
+            }
+            let valid = match std::str::from_utf8(&start.bytes) {
+                Ok(text) => text,
+                Err(err) => std::str::from_utf8(&start.bytes[..err.valid_up_to()])
+                    .expect("valid up to there"),
+            };
+            Value::String(format!("{valid}…"))
+        }
+        other => other,
+    }
+}
+
+/// Keeps the first [`MAX_INPUT_BYTES`] written, then refuses: serialization stops there.
+#[derive(Default)]
+struct CappedWriter {
+    bytes: Vec<u8>,
+}
+
+impl Write for CappedWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let room = MAX_INPUT_BYTES - self.bytes.len();
+        if buf.len() > room {
+            self.bytes.extend_from_slice(&buf[..room]);
+            return Err(std::io::Error::other("input longer than shown"));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The length of `error` as JSON, counted without keeping the text.
+fn serialized_len(error: &FieldError) -> usize {
+    struct Counter(usize);
+    impl Write for Counter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter(0);
+    serde_json::to_writer(&mut counter, error).expect("a field error serializes");
+    counter.0
+}
+
 /// Python prints whole floats without a fraction in these messages ("equal to 0").
 fn fmt_number(value: f64) -> String {
     if value.fract() == 0.0 && value.abs() < 1e15 {
         format!("{}", value as i64)
     } else {
         value.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn finite_number_at(key: &str, input: Value) -> FieldError {
+        FieldError::finite_number_at(vec!["body".into(), "data".into(), key.into()], &input)
+    }
+
+    #[test]
+    fn an_answer_lists_at_most_twenty_errors_and_counts_the_rest() {
+        let errors = (0..25).map(|i| finite_number_at(&i.to_string(), json!("NaN")));
+
+        let listed = DetailBudget::default().list(errors.collect(), vec!["body".into()]);
+
+        assert_eq!(listed.len(), MAX_LISTED_ERRORS + 1);
+        let last = listed.last().unwrap();
+        assert_eq!(last.kind, "too_many_errors");
+        assert_eq!(last.ctx, Some(json!({"omitted": 5})));
+        assert_eq!(last.loc, vec![Location::from("body")]);
+    }
+
+    #[test]
+    fn counts_already_made_by_a_validator_are_merged_into_one_entry() {
+        let errors = vec![
+            finite_number_at("a", json!("NaN")),
+            FieldError::omitted(vec!["body".into(), "data".into()], 1000),
+        ];
+
+        let listed = DetailBudget::default().list(errors, vec!["body".into()]);
+
+        assert_eq!(listed.len(), 2);
+        assert_eq!(listed[1].ctx, Some(json!({"omitted": 1000})));
+    }
+
+    #[test]
+    fn long_inputs_and_keys_are_cut_on_a_character_boundary() {
+        let long_text = "é".repeat(5000);
+        let big_object = json!({ "k": "x".repeat(5000) });
+        let errors = vec![
+            finite_number_at(&"ü".repeat(500), json!(long_text)),
+            finite_number_at("b", big_object),
+        ];
+
+        let listed = DetailBudget::default().list(errors, vec!["body".into()]);
+
+        let Location::Key(key) = &listed[0].loc[2] else {
+            panic!("a key")
+        };
+        assert!(key.len() <= MAX_KEY_BYTES + '…'.len_utf8() && key.ends_with('…'));
+        let text = listed[0].input.as_str().unwrap();
+        assert!(text.len() <= MAX_INPUT_BYTES + '…'.len_utf8() && text.ends_with('…'));
+        let start = listed[1].input.as_str().unwrap();
+        assert!(start.starts_with(r#"{"k":"xxx"#) && start.ends_with('…'));
+        assert!(start.len() <= MAX_INPUT_BYTES + '…'.len_utf8());
+    }
+
+    #[test]
+    fn a_shared_budget_bounds_the_answer_whatever_the_errors_hold() {
+        let mut budget = DetailBudget::default();
+        let deep_loc: Vec<Location> = std::iter::once("body".into())
+            .chain((0..120).map(|_| Location::Key("k".repeat(1000))))
+            .collect();
+        let error = FieldError::finite_number_at(deep_loc, &json!("x".repeat(10_000)));
+
+        let items: Vec<Vec<FieldError>> = (0..100)
+            .map(|item| budget.list(vec![error.clone(); 30], vec![Location::Index(item)]))
+            .collect();
+
+        let listed: usize = items
+            .iter()
+            .flatten()
+            .filter(|e| e.kind != OMITTED_KIND)
+            .map(serialized_len)
+            .sum();
+        assert!(listed <= MAX_DETAIL_BYTES, "{listed} bytes listed");
+        assert!(
+            items
+                .iter()
+                .all(|item| item.last().unwrap().kind == OMITTED_KIND)
+        );
+        let total: usize = items.iter().flatten().map(FieldError::count).sum();
+        assert_eq!(total, 100 * 30, "every error is listed or counted");
     }
 }

@@ -10,7 +10,7 @@ mod stored_form;
 
 pub use batch::parse_batch;
 pub use event::NewAnalyticsEvent;
-pub use field_error::{FieldError, Location};
+pub use field_error::{DetailBudget, FieldError, Location, MAX_DETAIL_BYTES, MAX_LISTED_ERRORS};
 pub use metric::NewMetric;
 pub use sanitize::{strip_control_chars, strip_control_chars_in_json, strip_control_chars_in_map};
 

@@ -4,6 +4,7 @@
 //! `json_invalid`, a body serde_json refuses is re-read with those tokens replaced by
 //! marker strings, which validation recognises.
 
+use serde::de::IgnoredAny;
 use serde_json::Value;
 
 /// Prefix of the marker string standing for a non-finite number. U+0000 cannot survive
@@ -16,6 +17,26 @@ pub fn parse(body: &[u8]) -> Result<Value, serde_json::Error> {
         Some(rewritten) => serde_json::from_slice(&rewritten).map_err(|_| err),
         None => Err(err),
     })
+}
+
+/// Whether `body` is JSON as [`parse`] reads it, checked without building a tree (so a
+/// request is refused for bad syntax before it is authenticated, at the cost of a walk).
+/// Strings are not checked for UTF-8 here, nor nesting depth: [`parse`] still refuses those.
+pub fn check(body: &[u8]) -> Result<(), serde_json::Error> {
+    let ignore = |bytes: &[u8]| serde_json::from_slice::<IgnoredAny>(bytes).map(drop);
+    ignore(body).or_else(|err| match mark_non_finite(body) {
+        Some(rewritten) => ignore(&rewritten).map_err(|_| err),
+        None => Err(err),
+    })
+}
+
+/// Whether a JSON text's first token (after JSON's whitespace) opens an object. serde's
+/// derived struct readers also take an array, with the fields by position, which FastAPI
+/// refuses: a reader that skips the `Value` tree must look here first.
+pub fn is_object_text(text: &[u8]) -> bool {
+    text.iter()
+        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+        .is_some_and(|&b| b == b'{')
 }
 
 /// The original token (`NaN`, `Infinity`, `1e999`, …) when `value` is a marker.

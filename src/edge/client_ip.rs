@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use axum::http::{HeaderMap, Request};
+use axum::http::{Extensions, HeaderMap, Request};
 
 use crate::server::peer_addr;
 
@@ -11,11 +11,36 @@ use crate::server::peer_addr;
 /// to `X-Forwarded-For`. Entries left of the trusted ones are written by the client and
 /// never believed. `None` when nothing usable is known.
 pub fn client_ip<B>(request: &Request<B>, trusted_hops: usize) -> Option<IpAddr> {
-    let peer = peer_addr(request).map(|addr| addr.ip());
+    client_ip_of(request.extensions(), request.headers(), trusted_hops)
+}
+
+/// [`client_ip`] from a request's parts (for extractors).
+pub fn client_ip_of(
+    extensions: &Extensions,
+    headers: &HeaderMap,
+    trusted_hops: usize,
+) -> Option<IpAddr> {
+    let peer = peer_addr(extensions).map(|addr| addr.ip());
     if trusted_hops == 0 {
         return peer;
     }
-    forwarded_client(request.headers(), trusted_hops).or(peer)
+    forwarded_client(headers, trusted_hops).or(peer)
+}
+
+/// The key a client is rate limited under: an IPv4 address itself (an IPv4-mapped IPv6
+/// address too), an IPv6 address by its /64, which one subscriber holds whole and can
+/// draw any number of addresses from.
+pub fn limit_key(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
+    }
 }
 
 fn forwarded_client(headers: &HeaderMap, trusted_hops: usize) -> Option<IpAddr> {
@@ -37,6 +62,17 @@ fn forwarded_client(headers: &HeaderMap, trusted_hops: usize) -> Option<IpAddr> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ipv6_clients_are_limited_by_their_64_and_ipv4_by_address() {
+        let key = |text: &str| limit_key(text.parse().unwrap());
+
+        assert_eq!(key("2001:db8:1:2:aaaa::1"), "2001:db8:1:2::/64");
+        assert_eq!(key("2001:db8:1:2:ffff:ffff:ffff:ffff"), "2001:db8:1:2::/64");
+        assert_ne!(key("2001:db8:1:3::1"), key("2001:db8:1:2::1"));
+        assert_eq!(key("::ffff:192.0.2.7"), "192.0.2.7");
+        assert_eq!(key("192.0.2.7"), "192.0.2.7");
+    }
     use axum::http::HeaderValue;
 
     fn headers(xff: &[&'static str]) -> HeaderMap {

@@ -21,6 +21,10 @@ pub struct RateLimitSettings {
     /// How many reverse proxies in front of the service append to `X-Forwarded-For`;
     /// 0 means none: the TCP peer is the client.
     pub trusted_proxy_hops: usize,
+    /// Failed `X-API-Key` attempts a client may make at once (0: unlimited).
+    pub api_key_failure_burst: u32,
+    /// Then one more failure per this many seconds.
+    pub api_key_failure_interval_secs: u64,
 }
 
 impl Default for RateLimitSettings {
@@ -30,8 +34,10 @@ impl Default for RateLimitSettings {
             ip_per_second: 200.0,
             ip_burst: 400,
             user_per_second: 50.0,
-            user_burst: 200,
+            user_burst: 1000,
             trusted_proxy_hops: 0,
+            api_key_failure_burst: 10,
+            api_key_failure_interval_secs: 6,
         }
     }
 }

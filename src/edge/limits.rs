@@ -4,13 +4,13 @@
 
 use axum::Json;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use tower::layer::util::{Identity, Stack};
 use tower::{BoxError, ServiceBuilder};
 
-use crate::error::STORAGE_RETRY_AFTER_SECS;
+use crate::error::retry_later;
 
 /// The body limit of the route a request is for, read by `JsonBody` for the 413 text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,16 +33,7 @@ pub fn body_limit(bytes: usize) -> ServiceBuilder<BodyLimitLayers> {
 pub async fn timed_out(err: BoxError) -> Response {
     if err.is::<tower::timeout::error::Elapsed>() {
         tracing::warn!("request timed out");
-        let body = json!({ "detail": {
-            "message": "Request timed out",
-            "hint": "Retry the request later.",
-        }});
-        let mut response = (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
-        response.headers_mut().insert(
-            header::RETRY_AFTER,
-            HeaderValue::from(STORAGE_RETRY_AFTER_SECS),
-        );
-        response
+        retry_later("Request timed out")
     } else {
         tracing::error!(error = %err, "middleware failed");
         let body =

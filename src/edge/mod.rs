@@ -6,7 +6,9 @@
 //! → request decompression → body limit → routes. CORS is outermost so that browsers can
 //! read every answer, 429s and 413s included.
 
+pub mod api_key_guard;
 pub mod beacon;
+pub mod body_budget;
 mod client_ip;
 pub mod config;
 pub mod cors;
@@ -24,7 +26,7 @@ use axum::response::{IntoResponse, Response};
 use tower::ServiceBuilder;
 use tower_http::decompression::RequestDecompressionLayer;
 
-pub use client_ip::client_ip;
+pub use client_ip::{client_ip, client_ip_of, limit_key};
 pub use config::{BrowserSettings, RateLimitSettings};
 pub use rate_limit::{RateLimited, RateLimits};
 
@@ -42,6 +44,8 @@ pub struct Edge {
     pub rate_limits: RateLimits,
     /// Browser settings (CORS origins, beacon mode).
     pub browser: BrowserSettings,
+    /// Failed `X-API-Key` attempts per client.
+    pub api_key_guard: api_key_guard::ApiKeyGuard,
 }
 
 impl Edge {
@@ -50,13 +54,23 @@ impl Edge {
         Edge {
             rate_limits: RateLimits::new(rate_limit),
             browser: browser.clone(),
+            api_key_guard: api_key_guard::ApiKeyGuard::new(
+                rate_limit.api_key_failure_burst,
+                Duration::from_secs(rate_limit.api_key_failure_interval_secs),
+            ),
         }
     }
 }
 
 /// After auth: takes a token from the caller's per-user bucket (429 when empty).
 pub fn admit(state: &AppState, caller: Caller) -> Result<Caller, ApiError> {
-    state.edge.rate_limits.check_user(&caller.user_id)?;
+    admit_rows(state, caller, 1)
+}
+
+/// After auth, for a request that stores up to `rows` rows (a batch): one token per row,
+/// so that the limit counts what is stored.
+pub fn admit_rows(state: &AppState, caller: Caller, rows: usize) -> Result<Caller, ApiError> {
+    state.edge.rate_limits.check_user_n(&caller.user_id, rows)?;
     Ok(caller)
 }
 
@@ -94,7 +108,7 @@ pub fn harden(
 async fn limit_by_ip(State(edge): State<Arc<Edge>>, request: Request, next: Next) -> Response {
     if !UNLIMITED_PATHS.contains(&request.uri().path()) {
         let ip = client_ip(&request, edge.rate_limits.trusted_proxy_hops)
-            .map_or_else(|| "unknown".to_owned(), |ip| ip.to_string());
+            .map_or_else(|| "unknown".to_owned(), limit_key);
         if let Err(limited) = edge.rate_limits.check_ip(&ip) {
             return limited.into_response();
         }

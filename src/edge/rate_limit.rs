@@ -31,13 +31,17 @@ pub enum LimitKind {
     Ip,
     /// Per user id, after auth.
     User,
+    /// Failed `X-API-Key` attempts per client (see `api_key_guard`).
+    ApiKey,
 }
 
 impl LimitKind {
-    fn label(self) -> &'static str {
+    /// The `reason` label.
+    pub fn label(self) -> &'static str {
         match self {
             LimitKind::Ip => "ip",
             LimitKind::User => "user",
+            LimitKind::ApiKey => "api_key",
         }
     }
 }
@@ -99,18 +103,23 @@ impl Bucket {
         })
     }
 
-    fn check(&self, key: &str) -> Result<(), RateLimited> {
-        self.limiter
-            .check_key(&key.to_owned())
-            .map(|_| ())
-            .map_err(|not_until| {
-                let wait = not_until.wait_time_from(DefaultClock::default().now());
-                RateLimited {
-                    kind: self.kind,
-                    retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
-                    burst: self.burst,
-                }
-            })
+    /// Takes `n` tokens (at least 1, at most the burst: settings validation keeps a batch
+    /// within the burst).
+    fn check(&self, key: &str, n: usize) -> Result<(), RateLimited> {
+        let n = u32::try_from(n).unwrap_or(u32::MAX).clamp(1, self.burst);
+        let n = NonZeroU32::new(n).expect("clamped to at least 1");
+        let checked = self
+            .limiter
+            .check_key_n(&key.to_owned(), n)
+            .expect("n is within the burst");
+        checked.map(|_| ()).map_err(|not_until| {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            RateLimited {
+                kind: self.kind,
+                retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
+                burst: self.burst,
+            }
+        })
     }
 }
 
@@ -155,22 +164,27 @@ impl RateLimits {
         self.ip.is_some()
     }
 
-    /// Takes a token from the client IP's bucket.
+    /// Takes a token from the client IP's bucket (key: [`super::limit_key`]).
     pub fn check_ip(&self, ip: &str) -> Result<(), RateLimited> {
-        self.check(self.ip.as_ref(), ip)
+        self.check(self.ip.as_ref(), ip, 1)
     }
 
     /// Takes a token from the user's bucket.
     pub fn check_user(&self, user_id: &str) -> Result<(), RateLimited> {
-        self.check(self.user.as_ref(), user_id)
+        self.check(self.user.as_ref(), user_id, 1)
     }
 
-    fn check(&self, bucket: Option<&Bucket>, key: &str) -> Result<(), RateLimited> {
+    /// Takes `n` tokens from the user's bucket: one per row a request stores.
+    pub fn check_user_n(&self, user_id: &str, n: usize) -> Result<(), RateLimited> {
+        self.check(self.user.as_ref(), user_id, n)
+    }
+
+    fn check(&self, bucket: Option<&Bucket>, key: &str, n: usize) -> Result<(), RateLimited> {
         let Some(bucket) = bucket else {
             return Ok(());
         };
         self.sweep_now_and_then();
-        let Err(limited) = bucket.check(key) else {
+        let Err(limited) = bucket.check(key, n) else {
             return Ok(());
         };
         // Labels stay low-cardinality and free of user ids and addresses.
@@ -212,7 +226,7 @@ mod tests {
             ip_burst: 2,
             user_per_second: 0.0,
             user_burst: 0,
-            trusted_proxy_hops: 0,
+            ..RateLimitSettings::default()
         })
     }
 
@@ -228,6 +242,20 @@ mod tests {
         assert_eq!(refused.burst, 2);
         assert!(refused.retry_after_secs >= 1);
         assert!(limits.check_ip("b").is_ok(), "keys have their own buckets");
+    }
+
+    #[test]
+    fn a_batch_takes_one_token_per_row() {
+        let limits = RateLimits::new(&RateLimitSettings {
+            user_per_second: 0.001,
+            user_burst: 10,
+            ..RateLimitSettings::default()
+        });
+
+        assert!(limits.check_user_n("u", 7).is_ok());
+        assert!(limits.check_user_n("u", 4).is_err(), "3 tokens left");
+        assert!(limits.check_user_n("u", 3).is_ok());
+        assert!(limits.check_user("u").is_err());
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //! storage failures into a platform alert.
 
 use axum::Json;
-use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::extract::{FromRequestParts, MatchedPath, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use secrecy::ExposeSecret;
@@ -12,10 +13,11 @@ use subtle::ConstantTimeEq;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::json::JsonBody;
+use super::json::CheckedBody;
 use crate::alerts::{Alert, AlertError, DiscordChannel};
 use crate::auth::Caller;
 use crate::domain::FieldError;
+use crate::edge::{client_ip_of, limit_key};
 use crate::error::{ApiError, StorageFailure};
 use crate::state::AppState;
 
@@ -51,11 +53,10 @@ pub fn routes() -> OpenApiRouter<AppState> {
 #[tracing::instrument(name = "send_discord_alert", skip_all)]
 pub async fn send_discord_alert(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    caller: Result<Caller, ApiError>,
-    body: JsonBody,
+    _sender: AlertSender,
+    body: CheckedBody,
 ) -> Result<Json<Value>, AlertRouteError> {
-    authorize(&state, &headers, caller)?;
+    let body = body.parse()?;
     let (channel, content) = parse(&body.value).map_err(|errors| body.invalid(errors))?;
     let alerter = state.alerts.as_ref().ok_or(AlertError::NotConfigured)?;
     let answer = match alerter.send(channel, &content).await? {
@@ -72,32 +73,47 @@ pub async fn send_discord_alert(
     Ok(Json(answer))
 }
 
-/// `X-API-Key` when present (compared in constant time), else an admin JWT.
-fn authorize(
-    state: &AppState,
-    headers: &HeaderMap,
-    caller: Result<Caller, ApiError>,
-) -> Result<(), AlertRouteError> {
-    if let Some(given) = headers.get(API_KEY_HEADER) {
-        let matches = state.alerts_api_key.as_ref().is_some_and(|key| {
-            bool::from(
-                key.expose_secret()
-                    .trim()
-                    .as_bytes()
-                    .ct_eq(given.as_bytes()),
-            )
-        });
-        return if matches {
-            Ok(())
+/// Proof that the request may send an alert, checked before its body is read.
+pub struct AlertSender;
+
+impl FromRequestParts<AppState> for AlertSender {
+    type Rejection = AlertRouteError;
+
+    /// `X-API-Key` when present (failures limited per client), else an admin JWT.
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, AlertRouteError> {
+        if let Some(given) = parts.headers.get(API_KEY_HEADER) {
+            let hops = state.edge.rate_limits.trusted_proxy_hops;
+            let client = client_ip_of(&parts.extensions, &parts.headers, hops)
+                .map_or_else(|| "unknown".to_owned(), limit_key);
+            let guard = &state.edge.api_key_guard;
+            guard.check(&client).map_err(ApiError::from)?;
+            if is_api_key(state, given) {
+                return Ok(AlertSender);
+            }
+            guard.failed(&client).map_err(ApiError::from)?;
+            return Err(AlertRouteError::BadApiKey);
+        }
+        if Caller::from_request_parts(parts, state).await?.is_admin {
+            Ok(AlertSender)
         } else {
-            Err(AlertRouteError::BadApiKey)
-        };
+            Err(AlertRouteError::NotAdmin)
+        }
     }
-    if caller?.is_admin {
-        Ok(())
-    } else {
-        Err(AlertRouteError::NotAdmin)
-    }
+}
+
+/// Whether `given` is the configured `ALERTS_API_KEY` (compared in constant time).
+fn is_api_key(state: &AppState, given: &HeaderValue) -> bool {
+    state.alerts_api_key.as_ref().is_some_and(|key| {
+        bool::from(
+            key.expose_secret()
+                .trim()
+                .as_bytes()
+                .ct_eq(given.as_bytes()),
+        )
+    })
 }
 
 /// The body `{"content": str, "channel": "platform" | "product"}`, every field error at once.

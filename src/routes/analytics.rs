@@ -2,10 +2,11 @@
 
 use axum::Json;
 use axum::extract::{FromRequest, Request, State};
+use axum::http::HeaderMap;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::json::{BufferedBody, JsonBody, RequestLine};
+use super::json::{CheckedBody, is_json_content_type};
 use crate::auth::Caller;
 use crate::domain::{NewAnalyticsEvent, NewMetric};
 use crate::edge::{admit, beacon};
@@ -47,9 +48,10 @@ pub async fn log_raw_metric(
     State(state): State<AppState>,
     caller: Result<Caller, ApiError>,
     idempotency_key: IdempotencyHeader,
-    body: JsonBody,
+    body: CheckedBody,
 ) -> Result<Json<String>, ApiError> {
     let caller = admit(&state, caller?)?;
+    let body = body.parse()?;
     let metric = NewMetric::parse(&body.value).map_err(|errors| body.invalid(errors))?;
     let row = MetricRow::new(state.clock.now(), caller.user_id, metric);
     let id = row.id;
@@ -89,14 +91,25 @@ pub async fn log_raw_analytics(
     idempotency_key: IdempotencyHeader,
     body: EventBody,
 ) -> Result<Json<String>, ApiError> {
-    let (caller, event, request) = match body {
-        // A compact body is JSON, so never a beacon: the caller is the header's.
-        EventBody::Compact { event, request } => (admit(&state, caller?)?, event, request),
-        EventBody::Json(mut body) => {
-            let caller = admit(&state, beacon::caller(&state, caller, &mut body)?)?;
+    let EventBody {
+        body,
+        beacon_headers,
+    } = body;
+    let caller = beacon::caller(&state.authenticator, caller, beacon_headers, body.bytes());
+    let caller = admit(&state, caller.await?)?;
+    // Browsers send compact JSON: such an event is read straight from its bytes.
+    let compact = body
+        .is_json()
+        .then(|| NewAnalyticsEvent::from_compact_body(body.bytes()))
+        .flatten();
+    let (event, request) = match compact {
+        Some(event) => (event, body.into_request()),
+        None => {
+            let mut body = body.parse()?;
+            beacon::unwrap_body(state.edge.browser.beacon_enabled, &mut body);
             let event =
                 NewAnalyticsEvent::parse(&body.value).map_err(|errors| body.invalid(errors))?;
-            (caller, event, body.request)
+            (event, body.request)
         }
     };
     let row = EventRow::new(state.clock.now(), caller.user_id, event);
@@ -116,36 +129,28 @@ pub async fn log_raw_analytics(
     Ok(Json(id.to_string()))
 }
 
-/// `log_raw_analytics`'s body. The compact event browsers send is read straight from its
-/// bytes (already valid: `NewAnalyticsEvent::from_compact_body`); any other body is parsed
-/// as JSON here and validated after auth, as the original did, with its errors.
-pub enum EventBody {
-    /// A valid event read without a `Value` tree.
-    Compact {
-        /// The event, as the general path would have made it.
-        event: NewAnalyticsEvent,
-        /// What a later 422 (an idempotency conflict) names.
-        request: RequestLine,
-    },
-    /// Any other body (a beacon, spaced or escaped JSON, invalid fields).
-    Json(JsonBody),
+/// `log_raw_analytics`'s body, syntax checked, and the request's headers when it may be a
+/// beacon (see [`beacon::caller`]).
+pub struct EventBody {
+    /// The body, parsed only after auth.
+    pub body: CheckedBody,
+    /// The headers a beacon's token is checked with; `None` when not a possible beacon.
+    pub beacon_headers: Option<HeaderMap>,
 }
 
 impl FromRequest<AppState> for EventBody {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
-        let body = BufferedBody::from_request(request, state).await?;
-        let compact = body
-            .json
-            .then(|| NewAnalyticsEvent::from_compact_body(&body.bytes))
-            .flatten();
-        match compact {
-            Some(event) => Ok(EventBody::Compact {
-                event,
-                request: body.request,
-            }),
-            None => body.into_json().map(EventBody::Json),
-        }
+        let beacon_headers = beacon::headers_of_possible_beacon(
+            state.edge.browser.beacon_enabled,
+            is_json_content_type(request.headers()),
+            request.headers(),
+        );
+        let body = CheckedBody::from_request(request, state).await?;
+        Ok(EventBody {
+            body,
+            beacon_headers,
+        })
     }
 }

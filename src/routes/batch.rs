@@ -10,9 +10,11 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::analytics::{ANALYTICS_HINT, METRIC_HINT};
-use super::json::JsonBody;
+use super::json::CheckedBody;
 use crate::auth::Caller;
-use crate::domain::{FieldError, NewAnalyticsEvent, NewMetric, parse_batch};
+use crate::domain::{
+    DetailBudget, FieldError, Location, NewAnalyticsEvent, NewMetric, parse_batch,
+};
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::store::{EventRow, MetricRow, StoreError};
@@ -61,22 +63,33 @@ impl FromRequestParts<AppState> for BatchTurn {
     }
 }
 
+/// Tokens a batch takes from the user's bucket: one per item of a batch that is a list
+/// within bounds, one for a batch refused whole.
+fn rows_charged<T, E>(parsed: &Result<Vec<T>, E>) -> usize {
+    parsed.as_ref().map_or(1, Vec::len)
+}
+
 /// Splits parse results into rows to store and the per-item answers (ids filled in now,
-/// since the rows' ids are generated before storing).
+/// since the rows' ids are generated before storing). The items' errors share one
+/// [`DetailBudget`]: whatever the items hold, the answer's errors stay within its bound.
 fn plan<T, R>(
     parsed: Vec<Result<T, Vec<FieldError>>>,
     make_row: impl Fn(T) -> (uuid::Uuid, R),
 ) -> (Vec<R>, Vec<ItemResult>) {
     let mut rows = Vec::new();
+    let mut budget = DetailBudget::default();
     let results = parsed
         .into_iter()
-        .map(|item| match item {
+        .enumerate()
+        .map(|(index, item)| match item {
             Ok(valid) => {
                 let (id, row) = make_row(valid);
                 rows.push(row);
                 ItemResult::Id(id.to_string())
             }
-            Err(errors) => ItemResult::Error(errors),
+            Err(errors) => ItemResult::Error(
+                budget.list(errors, vec![Location::from("body"), Location::Index(index)]),
+            ),
         })
         .collect();
     (rows, results)
@@ -98,13 +111,14 @@ fn plan<T, R>(
 #[tracing::instrument(name = "log_raw_metric_batch", skip_all)]
 pub async fn log_raw_metric_batch(
     State(state): State<AppState>,
-    caller: Result<Caller, ApiError>,
+    caller: Caller,
     _turn: BatchTurn,
-    body: JsonBody,
+    body: CheckedBody,
 ) -> Result<Json<Vec<ItemResult>>, ApiError> {
-    let caller = crate::edge::admit(&state, caller?)?;
-    let parsed = parse_batch(&body.value, state.batch_max_items, NewMetric::parse)
-        .map_err(|errors| body.invalid(errors))?;
+    let body = body.parse()?;
+    let parsed = parse_batch(&body.value, state.batch_max_items, NewMetric::parse);
+    let caller = crate::edge::admit_rows(&state, caller, rows_charged(&parsed))?;
+    let parsed = parsed.map_err(|errors| body.invalid(errors))?;
     let now = state.clock.now();
     let (rows, results) = plan(parsed, |metric| {
         let row = MetricRow::new(now, caller.user_id.clone(), metric);
@@ -136,13 +150,14 @@ pub async fn log_raw_metric_batch(
 #[tracing::instrument(name = "log_raw_analytics_batch", skip_all)]
 pub async fn log_raw_analytics_batch(
     State(state): State<AppState>,
-    caller: Result<Caller, ApiError>,
+    caller: Caller,
     _turn: BatchTurn,
-    body: JsonBody,
+    body: CheckedBody,
 ) -> Result<Json<Vec<ItemResult>>, ApiError> {
-    let caller = crate::edge::admit(&state, caller?)?;
-    let parsed = parse_batch(&body.value, state.batch_max_items, NewAnalyticsEvent::parse)
-        .map_err(|errors| body.invalid(errors))?;
+    let body = body.parse()?;
+    let parsed = parse_batch(&body.value, state.batch_max_items, NewAnalyticsEvent::parse);
+    let caller = crate::edge::admit_rows(&state, caller, rows_charged(&parsed))?;
+    let parsed = parsed.map_err(|errors| body.invalid(errors))?;
     let now = state.clock.now();
     let (rows, results) = plan(parsed, |event| {
         let row = EventRow::new(now, caller.user_id.clone(), event);

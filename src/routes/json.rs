@@ -1,15 +1,19 @@
-//! `JsonBody`: the request body parsed as JSON, the way FastAPI reads it.
+//! Request bodies read the way FastAPI reads them.
 //!
-//! Only syntax is checked here (a body that is not JSON is a 422 before auth runs, as in
-//! the original); the fields are validated by the domain types after auth.
+//! `CheckedBody` checks only the JSON syntax, without building a tree: a body that is not
+//! JSON is a 422 before auth runs, as in the original, but nothing is built for a request
+//! that auth then refuses. After auth, `CheckedBody::parse` gives the `JsonBody` whose
+//! fields the domain types validate.
 
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, FailedToBufferBody};
 use axum::extract::{FromRequest, Request};
-use axum::http::{Method, Uri, header};
+use axum::http::{HeaderMap, Method, Uri, header};
 use serde_json::{Map, Value};
+use tokio::sync::OwnedSemaphorePermit;
 
+use crate::auth::Unauthenticated;
 use crate::domain::{FieldError, pyjson};
+use crate::edge::body_budget::BodyError;
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -38,6 +42,8 @@ pub struct JsonBody {
     pub value: Value,
     /// What its 422 names.
     pub request: RequestLine,
+    /// The body's charge on the body budget: the parsed tree holds more than the bytes.
+    _charge: Option<OwnedSemaphorePermit>,
 }
 
 impl JsonBody {
@@ -53,6 +59,8 @@ impl JsonBody {
 pub struct BufferedBody {
     /// The body as sent.
     pub bytes: Bytes,
+    /// Its charge on the body budget, held until the request is done with the body.
+    charge: Option<OwnedSemaphorePermit>,
     /// Whether FastAPI would have parsed it as JSON (by its content type).
     pub json: bool,
     /// What its 422 names.
@@ -61,21 +69,61 @@ pub struct BufferedBody {
 
 impl BufferedBody {
     /// Parses the body as FastAPI did; a syntax error is the original's 422.
-    pub fn into_json(self) -> Result<JsonBody, ApiError> {
+    fn into_json(self) -> Result<JsonBody, ApiError> {
         match parse(&self.bytes, self.json) {
             Ok(value) => Ok(JsonBody {
                 value,
                 request: self.request,
+                _charge: self.charge,
             }),
             Err(error) => Err(self.request.invalid(vec![error])),
         }
     }
 }
 
+/// A body whose JSON syntax was checked, not yet parsed.
+#[derive(Debug)]
+pub struct CheckedBody(BufferedBody);
+
+impl CheckedBody {
+    /// The body as sent.
+    pub fn bytes(&self) -> &Bytes {
+        &self.0.bytes
+    }
+
+    /// Whether FastAPI would have parsed it as JSON (by its content type).
+    pub fn is_json(&self) -> bool {
+        self.0.json
+    }
+
+    /// What its 422 names.
+    pub fn into_request(self) -> RequestLine {
+        self.0.request
+    }
+
+    /// The body as FastAPI reads it (`{}` when empty, a string when not sent as JSON):
+    /// for after auth. Nesting deeper than serde_json allows is refused only here.
+    pub fn parse(self) -> Result<JsonBody, ApiError> {
+        self.0.into_json()
+    }
+}
+
+impl FromRequest<AppState> for CheckedBody {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
+        let body = BufferedBody::from_request(request, state).await?;
+        match check(&body.bytes, body.json) {
+            Ok(()) => Ok(CheckedBody(body)),
+            Err(error) => Err(body.request.invalid(vec![error])),
+        }
+    }
+}
+
 /// FastAPI parses a body as JSON when there is no content type or it is `application/json`
 /// or `application/*+json`; any other body reaches validation as a string.
-fn is_json_content_type(request: &Request) -> bool {
-    let Some(value) = request.headers().get(header::CONTENT_TYPE) else {
+pub fn is_json_content_type(headers: &HeaderMap) -> bool {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
         return true;
     };
     let essence = value
@@ -106,6 +154,29 @@ fn error_offset(body: &[u8], err: &serde_json::Error) -> usize {
     (offset + err.column().saturating_sub(1)).min(body.len())
 }
 
+/// `Ok` when [`parse`] can read `body`, found without building a tree (bar the rare
+/// bodies only `parse` refuses: nesting past serde_json's limit, a lone surrogate escape);
+/// else the 422 error `parse` gives.
+pub fn check(body: &Bytes, json: bool) -> Result<(), FieldError> {
+    if body.is_empty() || !json {
+        return Ok(());
+    }
+    if let Err(err) = std::str::from_utf8(body) {
+        return Err(FieldError::json_invalid(
+            err.valid_up_to(),
+            "invalid unicode code point",
+        ));
+    }
+    pyjson::check(body).map_err(|err| json_invalid(body, &err))
+}
+
+/// The 422 error for serde_json's `err` on `body`, in Python's words and offsets.
+fn json_invalid(body: &[u8], err: &serde_json::Error) -> FieldError {
+    let reason = err.to_string();
+    let reason = reason.split(" at line ").next().unwrap_or_default();
+    FieldError::json_invalid(error_offset(body, err), reason)
+}
+
 /// The body as FastAPI reads it: empty → `{}`, JSON when `json`, else a string; the
 /// decoding step of every analytics request, pure so the fuzz targets can call it.
 pub fn parse(body: &Bytes, json: bool) -> Result<Value, FieldError> {
@@ -115,11 +186,7 @@ pub fn parse(body: &Bytes, json: bool) -> Result<Value, FieldError> {
     if !json {
         return Ok(Value::String(String::from_utf8_lossy(body).into_owned()));
     }
-    pyjson::parse(body).map_err(|err| {
-        let reason = err.to_string();
-        let reason = reason.split(" at line ").next().unwrap_or_default();
-        FieldError::json_invalid(error_offset(body, &err), reason)
-    })
+    pyjson::parse(body).map_err(|err| json_invalid(body, &err))
 }
 
 impl FromRequest<AppState> for BufferedBody {
@@ -130,35 +197,32 @@ impl FromRequest<AppState> for BufferedBody {
             method: request.method().clone(),
             uri: request.uri().clone(),
         };
-        let json = is_json_content_type(&request);
+        let json = is_json_content_type(request.headers());
         let limit = request
             .extensions()
             .get::<crate::edge::limits::RouteBodyLimit>()
             .map_or(state.body_limit, |limit| limit.0);
-        let bytes =
-            Bytes::from_request(request, state)
-                .await
-                .map_err(|rejection| match rejection {
-                    BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_)) => {
-                        ApiError::PayloadTooLarge { limit }
-                    }
-                    other => ApiError::BodyUnreadable(other.body_text()),
-                })?;
+        let anonymous = request.extensions().get::<Unauthenticated>().is_some();
+        // A compressed body's length says nothing of what it becomes.
+        let expected = (!request.headers().contains_key(header::CONTENT_ENCODING))
+            .then(|| request.headers().get(header::CONTENT_LENGTH))
+            .flatten()
+            .and_then(|value| value.to_str().ok()?.parse().ok());
+        let held = state
+            .body_budget
+            .read(request.into_body(), limit, expected, anonymous)
+            .await
+            .map_err(|err| match err {
+                BodyError::TooLarge => ApiError::PayloadTooLarge { limit },
+                BodyError::Busy => ApiError::Busy,
+                BodyError::Unreadable(reason) => ApiError::BodyUnreadable(reason),
+            })?;
         Ok(BufferedBody {
-            bytes,
+            bytes: held.bytes,
+            charge: held.charge,
             json,
             request: line,
         })
-    }
-}
-
-impl FromRequest<AppState> for JsonBody {
-    type Rejection = ApiError;
-
-    async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
-        BufferedBody::from_request(request, state)
-            .await?
-            .into_json()
     }
 }
 

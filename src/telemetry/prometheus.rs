@@ -81,6 +81,10 @@ fn describe() {
     );
     describe_counter!(ROWS_STORED, "Rows committed to the database");
     describe_counter!(STORAGE_ERRORS, "Failed database calls");
+    describe_counter!(
+        crate::edge::body_budget::BODY_BUDGET_REFUSED,
+        "Requests refused (503) because the request-body budget stayed spent"
+    );
     describe_gauge!(DB_POOL_SIZE, "Open database connections");
     describe_gauge!(DB_POOL_IDLE, "Open database connections not in use");
     describe_gauge!(DB_POOL_MAX, "Most database connections the pool may open");

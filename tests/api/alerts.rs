@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use wiremock::matchers::{method, path, path_regex, query_param, query_param_is_missing};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
-use crate::helpers::{Backend, TestApp, test_settings};
+use crate::helpers::{Backend, TestApp, eventually, test_settings};
 
 const ALERTS: &str = "/api/alerts/discord";
 const BOT_TOKEN: &str = "MTIzNDU2Nzg5.bot-token-SECRET.xyz";
@@ -185,15 +185,6 @@ async fn alert(app: &TestApp, content: &str, channel: &str) -> (u16, Value, Head
         Auth::Key(API_KEY),
     )
     .await
-}
-
-/// Polls `check` every 20 ms for up to 10 s.
-async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test]
@@ -705,6 +696,42 @@ async fn only_admins_and_holders_of_the_api_key_may_send_alerts() {
         (401, json!({"detail": "Authorization header is missing"}))
     );
     assert_eq!(posted(&discord, "42").await.len(), 2);
+}
+
+/// Guessing the key: past the failure burst a client is locked out, and then even the
+/// right key gets 429 (a guess cannot be checked at full speed); other limits untouched.
+#[tokio::test]
+async fn wrong_api_keys_lock_the_client_out_until_a_token_is_back() {
+    let discord = MockServer::start().await;
+    mount_channel(&discord, "42", 0).await;
+    mount_messages(&discord, "42").await;
+    let app = spawn(&discord, |s| {
+        s.discord.platform_channel = "42".into();
+        s.rate_limit.api_key_failure_burst = 3;
+        s.rate_limit.api_key_failure_interval_secs = 3600;
+    })
+    .await;
+    let body = || json!({"content": "guess"});
+
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(post_alert(&app, body(), Auth::Key("guess")).await.0);
+    }
+    let (right_status, right_body, headers) = post_alert(&app, body(), Auth::Key(API_KEY)).await;
+    let admin = post_alert(&app, body(), Auth::Admin).await;
+
+    assert_eq!(statuses, [401, 401, 401, 429]);
+    assert_eq!(right_status, 429, "locked out: {right_body}");
+    assert!(
+        headers["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            > 3000
+    );
+    assert_eq!(admin.0, 200, "an admin JWT is not an API-key guess");
+    assert_eq!(posted(&discord, "42").await.len(), 1);
 }
 
 #[tokio::test]

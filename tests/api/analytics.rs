@@ -159,7 +159,40 @@ async fn the_same_event_is_stored_alike_however_it_is_spelled(app: TestApp) {
     }
 }
 
+/// A body must be a JSON object: an array holding the fields by position (which serde's
+/// derived readers would take), an array holding an event, or any other JSON value is a
+/// 422 and nothing is stored, on both endpoints.
+async fn a_body_that_is_not_an_object_is_a_422_and_stores_nothing(app: TestApp) {
+    let token = app.token("user-1");
+    let event = r#"{"type":"t","data":{},"data_index":"i"}"#;
+    let bodies = [
+        r#"["home",{"a":1},"idx"]"#.to_owned(),
+        r#"["0",{},"0"]"#.to_owned(),
+        r#" ["0", {}, "0"] "#.to_owned(),
+        r#"["a",1,"b"]"#.to_owned(),
+        r#"[1,2]"#.to_owned(),
+        format!("[{event}]"),
+        r#""home""#.to_owned(),
+        "42".to_owned(),
+        "null".to_owned(),
+    ];
+    for path in [PATH, "/api/analytics/log_raw_metric"] {
+        for body in &bodies {
+            let response = app.post_raw(path, body.clone(), Some(&token)).await;
+
+            assert_eq!(response.status(), 422, "{path} {body}");
+            let answer: Value = response.json().await.unwrap();
+            assert_eq!(answer["message"], format!("Invalid data for POST {path}"));
+            assert_eq!(answer["detail"][0]["type"], "model_type", "{path} {body}");
+            assert_eq!(answer["detail"][0]["loc"], json!(["body"]));
+        }
+    }
+    assert_eq!(app.count_rows(r#""AnalyticsDetails""#).await, 0);
+    assert_eq!(app.count_rows(r#""AnalyticsMetrics""#).await, 0);
+}
+
 on_both_backends!(
+    a_body_that_is_not_an_object_is_a_422_and_stores_nothing,
     the_same_event_is_stored_alike_however_it_is_spelled,
     an_index_key_too_long_for_the_database_index_is_a_422_not_a_500,
     the_frontend_body_is_stored_as_the_original_stores_it,

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use analytics_service::auth::mint_token;
 use analytics_service::clock::{Clock, SystemClock};
+use analytics_service::edge::body_budget::BodyBudget;
 use analytics_service::ingest::GroupCommit;
 use analytics_service::settings::{Settings, load_from};
 use analytics_service::startup::Application;
@@ -128,6 +129,7 @@ pub struct TestApp {
     pub settings: Settings,
     pub store: Arc<dyn Store>,
     pub group_commit: Arc<GroupCommit>,
+    pub body_budget: Arc<BodyBudget>,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<anyhow::Result<()>>>,
     // Last: the database outlives the server and the store.
@@ -168,6 +170,7 @@ impl TestApp {
         let addr = app.local_addr();
         let store = app.store();
         let group_commit = app.group_commit();
+        let body_budget = app.body_budget();
         let (tx, rx) = oneshot::channel::<()>();
         let server = tokio::spawn(app.run_until(async move {
             let _ = rx.await;
@@ -178,6 +181,7 @@ impl TestApp {
             settings,
             store,
             group_commit,
+            body_budget,
             shutdown: Some(tx),
             server: Some(server),
             _database: database,
@@ -219,6 +223,25 @@ impl TestApp {
         sqlx::PgConnection::connect(url.expose_secret())
             .await
             .unwrap()
+    }
+
+    /// How many rows `table` (`"AnalyticsMetrics"` or `"AnalyticsDetails"`) holds, read
+    /// on a connection of its own to either backend.
+    pub async fn count_rows(&self, table: &str) -> i64 {
+        let url = self.settings.database.url.as_ref().expect("a database URL");
+        let sql = sqlx::AssertSqlSafe(format!("select count(*) from {table}"));
+        let (count,): (i64,) = if url.expose_secret().starts_with("sqlite:") {
+            let mut conn = sqlx::SqliteConnection::connect(url.expose_secret())
+                .await
+                .unwrap();
+            sqlx::query_as(sql).fetch_one(&mut conn).await.unwrap()
+        } else {
+            sqlx::query_as(sql)
+                .fetch_one(&mut self.pg().await)
+                .await
+                .unwrap()
+        };
+        count
     }
 
     /// Locks `"AnalyticsMetrics"` in an open transaction: metric writes wait until `commit`
@@ -351,4 +374,16 @@ pub async fn metric_storage_503_body(response: reqwest::Response) -> Value {
         "Check analytics service connection and retry."
     );
     body
+}
+
+/// Polls `check` every 20 ms for up to 10 s.
+pub async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !check().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -8,6 +8,7 @@ mod auth;
 mod batch;
 mod edge;
 mod group_commit;
+mod hostile;
 mod http_errors;
 mod idempotency;
 mod jwks;

@@ -4,4 +4,4 @@ mod browser;
 mod limits;
 mod openapi;
 mod rate_limits;
-mod raw;
+pub mod raw;

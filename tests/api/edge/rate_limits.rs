@@ -94,6 +94,32 @@ async fn one_request_over_the_user_burst_gets_429_and_other_users_are_unaffected
     assert_eq!(other_user.status(), 200);
 }
 
+/// A batch takes one token per item: the limit counts rows stored, not requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_takes_one_user_token_per_item() {
+    let app = TestApp::spawn_with(Backend::Sqlite, |s| {
+        s.rate_limit.ip_per_second = 0.0;
+        s.rate_limit.user_per_second = 0.001;
+        s.rate_limit.user_burst = 10;
+        s.ingest.batch_max_items = 10;
+    })
+    .await;
+    let alice = app.token("alice");
+    let batch = |n: usize| serde_json::Value::Array(vec![body(); n]);
+    let batch_path = "/api/analytics/log_raw_metric/batch";
+
+    let seven = app.post_json(batch_path, &batch(7), Some(&alice)).await;
+    let four = app.post_json(batch_path, &batch(4), Some(&alice)).await;
+    let three = app.post_json(batch_path, &batch(3), Some(&alice)).await;
+    let one_more = app.post_json(PATH, &body(), Some(&alice)).await;
+
+    assert_eq!(seven.status(), 200);
+    assert_eq!(four.status(), 429, "only 3 tokens are left");
+    assert_eq!(three.status(), 200);
+    assert_rate_limited(one_more, 10).await;
+    assert_eq!(app.count_rows(r#""AnalyticsMetrics""#).await, 10);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn behind_a_trusted_proxy_the_forwarded_client_ip_is_limited() {
     let app = TestApp::spawn_with(Backend::Sqlite, |s| {
@@ -115,10 +141,17 @@ async fn behind_a_trusted_proxy_the_forwarded_client_ip_is_limited() {
     let second_client = send("198.51.100.2").await.unwrap();
     // A spoofed left-most entry does not help: the proxy's entry is the last one.
     let spoofed = send("203.0.113.9, 198.51.100.1").await.unwrap();
+    // IPv6 clients are limited per /64: one subscriber can draw any number of addresses.
+    let v6 = send("2001:db8:1:2::1").await.unwrap();
+    let v6_same_64 = send("2001:db8:1:2:ffff::9").await.unwrap();
+    let v6_other_64 = send("2001:db8:1:3::1").await.unwrap();
 
     assert_eq!(first.status(), 200);
     assert_eq!(second_client.status(), 200);
     assert_eq!(spoofed.status(), 429);
+    assert_eq!(v6.status(), 200);
+    assert_eq!(v6_same_64.status(), 429, "the same /64");
+    assert_eq!(v6_other_64.status(), 200);
 }
 
 type Snapshot = Vec<(

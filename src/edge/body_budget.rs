@@ -82,12 +82,15 @@ impl BodyBudget {
             &self.signed_in
         };
         let mut charge = Charge::default();
+        let mut body = Limited::new(body, limit);
         if let Some(expected) = expected {
             // A body announced over the limit is still read up to it, so that the 413
             // leaves the keep-alive connection clean for the next request.
-            charge.cover(expected.min(limit), pool, self.wait).await?;
+            if let Err(busy) = charge.cover(expected.min(limit), pool, self.wait).await {
+                drain(&mut body).await;
+                return Err(busy);
+            }
         }
-        let mut body = Limited::new(body, limit);
         let mut read = Read::Nothing;
         let capacity = expected.unwrap_or(0).min(limit);
         while let Some(frame) = body.frame().await {
@@ -101,9 +104,14 @@ impl BodyBudget {
             let Ok(chunk) = frame.into_data() else {
                 continue; // trailers
             };
-            charge
+            if let Err(busy) = charge
                 .cover(read.len() + chunk.len(), pool, self.wait)
-                .await?;
+                .await
+            {
+                drop(read);
+                drain(&mut body).await;
+                return Err(busy);
+            }
             read.push(chunk, capacity);
         }
         Ok(HeldBody {
@@ -111,6 +119,13 @@ impl BodyBudget {
             charge: charge.permit,
         })
     }
+}
+
+/// Reads the rest of a refused body without keeping it, so that the client, still
+/// sending, reads the 503 instead of a reset connection (the route's limit and the
+/// request timeout bound the time this takes).
+async fn drain(body: &mut Limited<Body>) {
+    while let Some(Ok(_)) = body.frame().await {}
 }
 
 /// What a body has been charged so far.

@@ -14,4 +14,5 @@ mod idempotency;
 mod jwks;
 mod lifecycle;
 mod metrics;
+mod process;
 mod properties;

@@ -1,0 +1,99 @@
+#!/usr/bin/env python3
+"""Hostile clients for bench/abuse.sh, against 127.0.0.1 only, for a bounded time.
+
+Usage: hostile.py PORT SECONDS TOKEN
+Runs at once: clients posting the NaN document (a valid token, 200,000 NaN tokens deep in
+`data`), clients posting 1 MiB bodies without a token, idle sockets that never send a
+request, and slow senders that trickle a request a byte at a time. Prints what each got.
+"""
+import asyncio
+import collections
+import sys
+
+HOST = "127.0.0.1"
+port, seconds, token = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+counts = collections.Counter()
+
+
+def nan_document() -> bytes:
+    key = "k" * 100
+    data = ('{"%s":' % key) * 50 + "[" + ",".join(["NaN"] * 200_000) + "]" + "}" * 50
+    return ('{"type":"t","data":%s,"data_index":"i"}' % data).encode()
+
+
+def request(path: str, body: bytes, auth: bool) -> bytes:
+    head = f"POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+    head += f"Content-Length: {len(body)}\r\n"
+    if auth:
+        head += f"Authorization: Bearer {token}\r\n"
+    return head.encode() + b"\r\n" + body
+
+
+async def status_of(reader) -> str:
+    line = await reader.readline()
+    return line.split(b" ")[1].decode() if line.startswith(b"HTTP/") else "closed"
+
+
+async def poster(kind: str, payload: bytes, deadline: float):
+    loop = asyncio.get_running_loop()
+    while loop.time() < deadline:
+        try:
+            reader, writer = await asyncio.open_connection(HOST, port)
+            writer.write(payload)
+            await writer.drain()
+            counts[f"{kind} {await asyncio.wait_for(status_of(reader), 30)}"] += 1
+            writer.close()
+        except (OSError, asyncio.TimeoutError):
+            counts[f"{kind} error"] += 1
+            await asyncio.sleep(0.05)
+
+
+async def idle_socket(deadline: float):
+    loop = asyncio.get_running_loop()
+    while loop.time() < deadline:
+        try:
+            reader, writer = await asyncio.open_connection(HOST, port)
+            got = await asyncio.wait_for(reader.read(1), max(0.1, deadline - loop.time()))
+            counts["idle closed by server" if got == b"" else "idle answered"] += 1
+            writer.close()
+        except asyncio.TimeoutError:
+            counts["idle still open at the end"] += 1
+        except OSError:
+            counts["idle error"] += 1
+            await asyncio.sleep(0.05)
+
+
+async def slow_sender(payload: bytes, deadline: float):
+    loop = asyncio.get_running_loop()
+    while loop.time() < deadline:
+        try:
+            reader, writer = await asyncio.open_connection(HOST, port)
+            for byte in payload:
+                if loop.time() >= deadline:
+                    break
+                writer.write(bytes([byte]))
+                await writer.drain()
+                await asyncio.sleep(0.5)
+            counts["slow sender done"] += 1
+            writer.close()
+        except OSError:
+            counts["slow sender cut off by server"] += 1
+
+
+async def main():
+    deadline = asyncio.get_running_loop().time() + seconds
+    nan = request("/api/analytics/log_raw_analytics", nan_document(), auth=True)
+    big = request("/api/analytics/log_raw_metric",
+                  b'{"metric_name":"m","metric_value":1,"data_string":"' + b"x" * ((1 << 20) - 100) + b'"}',
+                  auth=False)
+    slow = request("/api/analytics/log_raw_metric", b'{"metric_name":"m"}', auth=True)
+    tasks = [poster("nan", nan, deadline) for _ in range(4)]
+    tasks += [poster("anonymous 1MiB", big, deadline) for _ in range(32)]
+    tasks += [idle_socket(deadline) for _ in range(200)]
+    tasks += [slow_sender(slow, deadline) for _ in range(50)]
+    await asyncio.gather(*tasks)
+    for what, n in sorted(counts.items()):
+        print(f"hostile,{what},{n}")
+
+
+asyncio.run(main())

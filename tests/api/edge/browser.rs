@@ -167,3 +167,30 @@ async fn a_beacon_gets_the_usual_answers_for_a_bad_token_or_bad_fields() {
         .collect();
     assert_eq!(kinds, ["string_type", "dict_type"]);
 }
+
+/// A beacon's token is checked as a header token is, with the request's other headers:
+/// impersonation by a non-admin is refused, by an admin honoured; a text body shaped as
+/// an array is never read as a beacon.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_beacon_is_authenticated_like_a_header_token() {
+    let app = TestApp::spawn_with(Backend::Sqlite, |s| s.browser.beacon_enabled = true).await;
+    let beacon = |token: String| {
+        app.client
+            .post(app.url(ANALYTICS))
+            .header("content-type", "text/plain;charset=UTF-8")
+            .header("X-Act-As-User-Id", "someone-else")
+            .body(beacon_body(&token))
+            .send()
+    };
+
+    let by_user = beacon(app.token("user-beacon")).await.unwrap();
+    let by_admin = beacon(app.admin_token("admin-1")).await.unwrap();
+    let array = send_beacon(&app, json!([app.token("u")]).to_string()).await;
+
+    assert_eq!(by_user.status(), 403);
+    assert_eq!(by_admin.status(), 200);
+    let id: String = by_admin.json().await.unwrap();
+    let row = app.store.event_by_id(&id).await.unwrap().unwrap();
+    assert_eq!(row.user_id, "someone-else");
+    assert_eq!(array.status(), 401, "an array carries no token field");
+}

@@ -13,4 +13,6 @@ mod idempotency;
 mod jwks;
 mod lifecycle;
 mod metrics;
+mod pg_proxy;
 mod properties;
+mod writer_faults;

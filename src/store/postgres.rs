@@ -39,6 +39,9 @@ pub struct PgStore {
     /// How each group-commit writer's own one-connection pool is built.
     writer_pool: PgPoolOptions,
     connect_options: PgConnectOptions,
+    /// Writer connections carry startup options (statement timeout, keepalives); not behind
+    /// PgBouncer, which refuses startup options it does not track.
+    writer_startup_options: bool,
 }
 
 /// Splits Prisma's `?schema=NAME` off a database URL; the rest goes to sqlx.
@@ -108,6 +111,14 @@ fn writer_connect_options(
     ])
 }
 
+/// Prisma's `?pgbouncer=true`: a pooler (transaction mode) in front of the server.
+fn behind_pgbouncer(url: &str) -> bool {
+    Url::parse(url).is_ok_and(|u| {
+        u.query_pairs()
+            .any(|(k, v)| k == "pgbouncer" && v == "true")
+    })
+}
+
 fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
@@ -130,6 +141,7 @@ impl PgStore {
             pool,
             writer_pool: pool_options.max_connections(1),
             connect_options,
+            writer_startup_options: !behind_pgbouncer(&url),
         };
         wait_until_ready(Duration::from_secs(settings.startup_timeout_secs), || {
             store.ping()
@@ -162,13 +174,12 @@ impl Store for PgStore {
         // A connection is served by the runtime it was opened on. One from the store's pool
         // would wake the writer through the request runtime, behind its request tasks, while
         // PostgreSQL waits for the next batch (bench/run.sh analytics: 10 % fewer req/s).
-        let pool = self
-            .writer_pool
-            .clone()
-            .connect_lazy_with(writer_connect_options(
-                &self.connect_options,
-                statement_timeout,
-            ));
+        let options = if self.writer_startup_options {
+            writer_connect_options(&self.connect_options, statement_timeout)
+        } else {
+            self.connect_options.clone()
+        };
+        let pool = self.writer_pool.clone().connect_lazy_with(options);
         Box::new(HeldConnection::<Postgres>::owning(pool))
     }
 
@@ -413,6 +424,16 @@ mod tests {
         assert!(startup.starts_with("-c search_path=platform "), "{startup}");
         assert!(startup.contains("-c statement_timeout=2500 "), "{startup}");
         assert!(startup.contains("-c tcp_keepalives_idle=30"), "{startup}");
+    }
+
+    #[test]
+    fn only_prismas_pgbouncer_flag_means_pgbouncer() {
+        assert!(behind_pgbouncer(
+            "postgresql://u@db:6543/app?pgbouncer=true"
+        ));
+        assert!(!behind_pgbouncer(
+            "postgresql://u@db:5432/app?schema=platform"
+        ));
     }
 
     #[test]

@@ -26,11 +26,12 @@ pub async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// Readiness: 200 when the database answers, else 503 with `Retry-After`.
+/// Readiness: 200 when the database answers and group commits progress, else 503 with
+/// `Retry-After`.
 #[utoipa::path(get, path = "/readyz", operation_id = "getReadyz", tag = "health",
     responses(
         (status = 200, description = "The database answers", body = super::openapi::Status),
-        (status = 503, description = "The database does not answer", body = super::openapi::Detail,
+        (status = 503, description = "The database does not answer, or queued rows are not being committed", body = super::openapi::Detail,
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
     ))]
 pub async fn readyz(State(state): State<AppState>) -> Response {

@@ -140,8 +140,17 @@ impl IntoResponse for ApiError {
 #[derive(Debug, Clone)]
 pub struct StorageFailure(pub String);
 
+/// What a client gets for a row whose user is not in AutoGPT's `"User"` table.
+pub const UNKNOWN_USER_DETAIL: &str =
+    "Unknown user: the token's user does not exist, so nothing can be stored for it";
+
 /// The cause is logged here, once; the client gets a safe summary.
 fn storage_response(source: Arc<StoreError>, hint: &'static str) -> Response {
+    if let StoreError::UnknownUser(_) = *source {
+        // The client's problem, not ours: no ERROR line, so no Sentry issue.
+        tracing::info!("row refused: its user is not in the User table");
+        return detail(StatusCode::FORBIDDEN, UNKNOWN_USER_DETAIL);
+    }
     let (status, message) = if matches!(*source, StoreError::QueueFull) {
         tracing::warn!("ingestion queue full; refusing a row");
         (

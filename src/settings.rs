@@ -117,8 +117,18 @@ pub struct IngestSettings {
     pub max_wait_us: u64,
     /// Rows that may wait per table before requests get 503.
     pub queue_capacity: usize,
+    /// Bytes of row data (each row at its upper bound) that may wait per table before 503.
+    pub queue_capacity_bytes: usize,
     /// Writers (concurrent transactions) per table.
     pub writers_per_table: usize,
+    /// Longest one group-commit batch may take before its rows get 503 and its connection
+    /// is dropped, in milliseconds; also the writers' `statement_timeout`.
+    pub batch_deadline_ms: u64,
+    /// `/readyz` answers 503 while a writer has held rows this long without a commit (ms).
+    pub stall_after_ms: u64,
+    /// At shutdown, after the HTTP drain, queued rows get this long to be written; the rest
+    /// are answered 503 (ms).
+    pub shutdown_flush_ms: u64,
     /// Most items in one batch-endpoint request.
     pub batch_max_items: usize,
     /// Largest body of a batch-endpoint request, in bytes.
@@ -458,8 +468,18 @@ impl Settings {
                  server.anonymous_body_budget_bytes must hold server.body_limit_bytes",
             );
         }
-        if self.ingest.max_batch == 0 || self.ingest.queue_capacity == 0 {
-            return invalid("ingest.max_batch and ingest.queue_capacity must be at least 1");
+        if self.ingest.max_batch == 0
+            || self.ingest.queue_capacity == 0
+            || self.ingest.queue_capacity_bytes == 0
+        {
+            return invalid(
+                "ingest.max_batch, ingest.queue_capacity and ingest.queue_capacity_bytes must be at least 1",
+            );
+        }
+        if self.ingest.batch_deadline_ms == 0 || self.ingest.stall_after_ms == 0 {
+            return invalid(
+                "ingest.batch_deadline_ms and ingest.stall_after_ms must be at least 1",
+            );
         }
         if self.ingest.batch_max_items == 0
             || self.ingest.writers_per_table == 0

@@ -30,6 +30,8 @@ pub struct Application {
     ingest: Arc<GroupCommit>,
     body_budget: Arc<BodyBudget>,
     shutdown_timeout: Duration,
+    /// After the drain: how long queued rows (and the pool's close) may take.
+    shutdown_flush: Duration,
     /// `GET /metrics` on its own port, when `metrics.admin_port` is set.
     admin: Option<(TcpListener, axum::Router)>,
     connection_limits: ConnectionLimits,
@@ -58,7 +60,10 @@ impl Application {
                     max_batch_bytes: settings.ingest.max_batch_bytes,
                     max_wait: Duration::from_micros(settings.ingest.max_wait_us),
                     queue_capacity: settings.ingest.queue_capacity,
+                    queue_capacity_bytes: settings.ingest.queue_capacity_bytes,
                     writers_per_table: settings.ingest.writers_per_table,
+                    batch_deadline: Duration::from_millis(settings.ingest.batch_deadline_ms),
+                    stall_after: Duration::from_millis(settings.ingest.stall_after_ms),
                 },
             )
             .context("group-commit writer threads not started")?,
@@ -125,6 +130,7 @@ impl Application {
             ingest,
             body_budget,
             shutdown_timeout: Duration::from_secs(settings.server.shutdown_timeout_secs),
+            shutdown_flush: Duration::from_millis(settings.ingest.shutdown_flush_ms),
             admin,
             connection_limits: ConnectionLimits {
                 header_read_timeout: Duration::from_secs(settings.server.header_read_timeout_secs),
@@ -164,7 +170,8 @@ impl Application {
     }
 
     /// Serves until `shutdown` resolves, lets in-flight requests finish within the
-    /// shutdown timeout, then closes the pool.
+    /// shutdown timeout, writes the queued rows within the flush deadline (the rest get
+    /// 503), then closes the pool.
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -199,13 +206,20 @@ impl Application {
                 tracing::warn!(timeout = ?self.shutdown_timeout, "in-flight requests did not finish in time");
             }
         }
-        // Rows already queued are written before the pool closes.
-        self.ingest.shutdown().await;
+        // Rows already queued are written before the pool closes, within the flush
+        // deadline; a database that stopped answering must not keep the process alive.
+        let hard_deadline = tokio::time::Instant::now() + self.shutdown_flush;
+        self.ingest.shutdown(self.shutdown_flush).await;
         if let Some(admin) = admin {
             admin.abort();
         }
         pruner.abort();
-        self.store.close().await;
+        if tokio::time::timeout_at(hard_deadline, self.store.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!("database pool not closed by the shutdown deadline; dropping it");
+        }
         tracing::info!("analytics-service stopped");
         Ok(())
     }

@@ -1,4 +1,5 @@
-//! `GET /healthz` (the process answers) and `GET /readyz` (the database answers).
+//! `GET /healthz` (the process answers) and `GET /readyz` (the database answers and takes
+//! writes).
 
 use axum::Json;
 use axum::extract::State;
@@ -25,28 +26,46 @@ pub async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// Readiness: 200 when the database answers, else 503 with `Retry-After`.
+/// Readiness: 200 when the database answers and group commits progress, else 503 with
+/// `Retry-After`.
 #[utoipa::path(get, path = "/readyz", operation_id = "getReadyz", tag = "health",
     responses(
         (status = 200, description = "The database answers", body = super::openapi::Status),
-        (status = 503, description = "The database does not answer", body = super::openapi::Detail,
+        (status = 503, description = "The database does not answer, or queued rows are not being committed", body = super::openapi::Detail,
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
     ))]
 pub async fn readyz(State(state): State<AppState>) -> Response {
-    match state.store.ping().await {
-        Ok(()) => Json(json!({ "status": "ok" })).into_response(),
-        Err(err) => {
+    // The writers have connections of their own: a ping on the store's pool can succeed
+    // while they are stuck.
+    if state.ingest.stalled() {
+        tracing::warn!("readiness check: group-commit writes are not committing");
+        return unavailable("Database writes are stalled");
+    }
+    match tokio::time::timeout(PING_TIMEOUT, state.store.ping()).await {
+        Ok(Ok(())) => Json(json!({ "status": "ok" })).into_response(),
+        Ok(Err(err)) => {
             tracing::warn!(error = ?err, "readiness check: database not answering");
-            let mut response = (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({ "detail": "Database unavailable" })),
-            )
-                .into_response();
-            response.headers_mut().insert(
-                header::RETRY_AFTER,
-                HeaderValue::from(STORAGE_RETRY_AFTER_SECS),
-            );
-            response
+            unavailable("Database unavailable")
+        }
+        Err(_elapsed) => {
+            tracing::warn!("readiness check: database ping timed out");
+            unavailable("Database unavailable")
         }
     }
+}
+
+/// A probe must answer while the database is silent (orchestrators give up after seconds).
+const PING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+fn unavailable(detail: &'static str) -> Response {
+    let mut response = (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({ "detail": detail })),
+    )
+        .into_response();
+    response.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(STORAGE_RETRY_AFTER_SECS),
+    );
+    response
 }

@@ -40,6 +40,12 @@ pub enum StoreError {
     /// The service is shutting down and takes no new rows.
     #[error("shutting down")]
     ShuttingDown,
+    /// The database did not answer within the group-commit batch deadline.
+    #[error("database did not answer in time")]
+    TimedOut,
+    /// The row's user is not in the `"User"` table (a foreign key of AutoGPT's schema).
+    #[error("unknown user")]
+    UnknownUser(#[source] sqlx::Error),
 }
 
 impl StoreError {
@@ -47,15 +53,20 @@ impl StoreError {
     pub fn is_unavailable(&self) -> bool {
         matches!(
             self,
-            StoreError::Unavailable(_) | StoreError::QueueFull | StoreError::ShuttingDown
+            StoreError::Unavailable(_)
+                | StoreError::QueueFull
+                | StoreError::ShuttingDown
+                | StoreError::TimedOut
         )
     }
 }
 
 /// PostgreSQL SQLSTATEs that go away on their own: class 08 (connection exception),
-/// 57P01-03 (shutdown, cannot connect now), 53300 (too many connections).
+/// 57P01-03 (shutdown, cannot connect now), 53300 (too many connections), 57014 (a
+/// statement cancelled, e.g. by the writers' `statement_timeout` while waiting on a lock)
+/// and 55P03 (lock not available).
 fn is_transient_pg_code(code: &str) -> bool {
-    code.starts_with("08") || code.starts_with("57P") || code == "53300"
+    code.starts_with("08") || code.starts_with("57P") || matches!(code, "53300" | "57014" | "55P03")
 }
 
 /// SQLite's BUSY and LOCKED, with their extended codes (the low byte is the primary code).
@@ -77,6 +88,14 @@ impl From<sqlx::Error> for StoreError {
             .as_database_error()
             .and_then(|db| db.code())
             .is_some_and(|code| is_transient_pg_code(&code) || is_transient_sqlite_code(&code));
+        if err
+            .as_database_error()
+            .is_some_and(|db| db.is_foreign_key_violation())
+        {
+            // The only foreign keys on our tables are AutoGPT's `"userId"` → `"User"`:
+            // the client's problem, not a storage failure.
+            return StoreError::UnknownUser(err);
+        }
         if transport || transient_code {
             crate::telemetry::prometheus::storage_error("unavailable");
             StoreError::Unavailable(err)
@@ -197,6 +216,9 @@ pub trait RowWriter: Send {
     async fn insert_events(&mut self, rows: &[EventRow]) -> Result<(), StoreError>;
     /// Returns the kept connection to the pool (the writer is about to wait for rows).
     fn release(&mut self);
+    /// Drops the kept connection without returning it to the pool: it may be in the middle
+    /// of a statement that never got an answer (a returned one is pinged, which would hang).
+    fn discard(&mut self);
     /// Closes the connections the writer owns; called when its writer stops.
     async fn close(&mut self);
 }
@@ -207,8 +229,8 @@ pub trait Store: Send + Sync {
     /// A writer for the group-commit path; it takes a connection when it first writes.
     /// Called on the writer's own thread: a connection opened there belongs to that
     /// thread's runtime, so its replies wake the writer without going through the request
-    /// runtime.
-    fn writer(&self) -> Box<dyn RowWriter>;
+    /// runtime. Statements on a connection of its own end after `statement_timeout`.
+    fn writer(&self, statement_timeout: Duration) -> Box<dyn RowWriter>;
     /// Stores the rows in one transaction: all of them or none.
     async fn insert_metrics(&self, rows: &[MetricRow]) -> Result<(), StoreError>;
     /// Stores the rows in one transaction: all of them or none.
@@ -314,6 +336,12 @@ impl<DB: BatchStatements> RowWriter for HeldConnection<DB> {
 
     fn release(&mut self) {
         self.conn = None;
+    }
+
+    fn discard(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            drop(conn.detach());
+        }
     }
 
     async fn close(&mut self) {

@@ -39,6 +39,9 @@ pub struct PgStore {
     /// How each group-commit writer's own one-connection pool is built.
     writer_pool: PgPoolOptions,
     connect_options: PgConnectOptions,
+    /// Writer connections carry startup options (statement timeout, keepalives); not behind
+    /// PgBouncer, which refuses startup options it does not track.
+    writer_startup_options: bool,
 }
 
 /// Splits Prisma's `?schema=NAME` off a database URL; the rest goes to sqlx.
@@ -89,6 +92,33 @@ fn pool_options(settings: &DatabaseSettings) -> PgPoolOptions {
         })
 }
 
+/// A writer's connection: the server ends a statement after `statement_timeout` (a lock
+/// wait, a stuck server) and probes the socket with TCP keepalives, so that a writer that
+/// vanished does not hold a backend and its locks for hours. sqlx has no client-side
+/// keepalive option; the group-commit batch deadline covers a server that stops answering.
+fn writer_connect_options(
+    options: &PgConnectOptions,
+    statement_timeout: Duration,
+) -> PgConnectOptions {
+    options.clone().options([
+        (
+            "statement_timeout",
+            statement_timeout.as_millis().max(1).to_string(),
+        ),
+        ("tcp_keepalives_idle", "30".to_owned()),
+        ("tcp_keepalives_interval", "10".to_owned()),
+        ("tcp_keepalives_count", "3".to_owned()),
+    ])
+}
+
+/// Prisma's `?pgbouncer=true`: a pooler (transaction mode) in front of the server.
+fn behind_pgbouncer(url: &str) -> bool {
+    Url::parse(url).is_ok_and(|u| {
+        u.query_pairs()
+            .any(|(k, v)| k == "pgbouncer" && v == "true")
+    })
+}
+
 fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
@@ -111,6 +141,7 @@ impl PgStore {
             pool,
             writer_pool: pool_options.max_connections(1),
             connect_options,
+            writer_startup_options: !behind_pgbouncer(&url),
         };
         wait_until_ready(Duration::from_secs(settings.startup_timeout_secs), || {
             store.ping()
@@ -139,14 +170,16 @@ impl PgStore {
 
 #[async_trait]
 impl Store for PgStore {
-    fn writer(&self) -> Box<dyn RowWriter> {
+    fn writer(&self, statement_timeout: Duration) -> Box<dyn RowWriter> {
         // A connection is served by the runtime it was opened on. One from the store's pool
         // would wake the writer through the request runtime, behind its request tasks, while
         // PostgreSQL waits for the next batch (bench/run.sh analytics: 10 % fewer req/s).
-        let pool = self
-            .writer_pool
-            .clone()
-            .connect_lazy_with(self.connect_options.clone());
+        let options = if self.writer_startup_options {
+            writer_connect_options(&self.connect_options, statement_timeout)
+        } else {
+            self.connect_options.clone()
+        };
+        let pool = self.writer_pool.clone().connect_lazy_with(options);
         Box::new(HeldConnection::<Postgres>::owning(pool))
     }
 
@@ -379,6 +412,28 @@ mod tests {
         assert_eq!(schema.as_deref(), Some("platform"));
         assert_eq!(options.get_database(), Some("app"));
         assert_eq!(options.get_options(), Some("-c search_path=platform"));
+    }
+
+    #[test]
+    fn writer_connections_carry_a_statement_timeout_besides_the_search_path() {
+        let (options, _) = connect_options("postgresql://u:p@db:5432/app?schema=platform").unwrap();
+
+        let writer = writer_connect_options(&options, Duration::from_millis(2500));
+
+        let startup = writer.get_options().unwrap();
+        assert!(startup.starts_with("-c search_path=platform "), "{startup}");
+        assert!(startup.contains("-c statement_timeout=2500 "), "{startup}");
+        assert!(startup.contains("-c tcp_keepalives_idle=30"), "{startup}");
+    }
+
+    #[test]
+    fn only_prismas_pgbouncer_flag_means_pgbouncer() {
+        assert!(behind_pgbouncer(
+            "postgresql://u@db:6543/app?pgbouncer=true"
+        ));
+        assert!(!behind_pgbouncer(
+            "postgresql://u@db:5432/app?schema=platform"
+        ));
     }
 
     #[test]

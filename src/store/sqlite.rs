@@ -83,9 +83,10 @@ impl SqliteStore {
 
 #[async_trait]
 impl Store for SqliteStore {
-    fn writer(&self) -> Box<dyn RowWriter> {
+    fn writer(&self, _statement_timeout: Duration) -> Box<dyn RowWriter> {
         // SQLite connections run on threads of their own and answer through channels, so the
-        // store's pool serves any runtime.
+        // store's pool serves any runtime. SQLite has no statement timeout; its busy timeout
+        // bounds lock waits, and the group-commit batch deadline bounds the rest.
         Box::new(HeldConnection::<Sqlite>::sharing(self.pool.clone()))
     }
 

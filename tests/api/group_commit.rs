@@ -6,10 +6,12 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use sqlx::{Executor, PgConnection};
-use tokio::task::JoinSet;
+use tokio::task::{JoinHandle, JoinSet};
 
 use analytics_service::domain::NewMetric;
+use analytics_service::error::UNKNOWN_USER_DETAIL;
 use analytics_service::ingest::BatchRow;
+use analytics_service::settings::Settings;
 use analytics_service::store::MetricRow;
 
 use crate::helpers::{Backend, TestApp, metric_storage_503_body};
@@ -60,6 +62,15 @@ async fn post_all(app: &TestApp, bodies: Vec<Value>) -> Vec<(u16, Value)> {
 async fn count(conn: &mut PgConnection, sql: &'static str) -> i64 {
     let (n,): (i64,) = sqlx::query_as(sql).fetch_one(conn).await.unwrap();
     n
+}
+
+/// Rows in `"AnalyticsMetrics"`, read on a connection of the test's own.
+async fn stored_metrics(app: &TestApp) -> i64 {
+    count(
+        &mut app.pg().await,
+        r#"select count(*) from "AnalyticsMetrics""#,
+    )
+    .await
 }
 
 async fn concurrent_requests_get_distinct_ids_and_all_rows_are_stored(app: TestApp) {
@@ -246,6 +257,53 @@ async fn shutdown_with_a_full_queue_answers_every_accepted_request() {
     );
 }
 
+type Sent = JoinHandle<reqwest::Result<reqwest::Response>>;
+
+/// Locks the metrics table, sends the first `(token, body)` and waits until its transaction
+/// waits on the lock, then sends the others and waits until all of them are queued.
+async fn queue_behind_a_locked_table(
+    app: &TestApp,
+    requests: &[(String, Value)],
+) -> (PgConnection, Vec<Sent>) {
+    let blocker = app.lock_metrics_table().await;
+    let send = |(token, body): &(String, Value)| tokio::spawn(send_metric(app, token, body));
+    let mut sent = vec![send(&requests[0])];
+    app.wait_for_lock_waiter().await;
+    sent.extend(requests[1..].iter().map(send));
+    let queued = ("AnalyticsMetrics", requests.len() - 1);
+    for _ in 0..1000 {
+        if app.group_commit.waiting_rows()[0] == queued {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(app.group_commit.waiting_rows()[0], queued);
+    (blocker, sent)
+}
+
+/// `user-1`'s requests for the metrics named `names`.
+fn metrics_of_user_1(app: &TestApp, names: impl Iterator<Item = String>) -> Vec<(String, Value)> {
+    let token = app.token("user-1");
+    names.map(|name| (token.clone(), metric(&name))).collect()
+}
+
+/// Waits until no other session of the app's database runs a statement.
+async fn wait_until_the_database_is_quiet(conn: &mut PgConnection) {
+    for _ in 0..500 {
+        let busy = count(
+            conn,
+            "select count(*) from pg_stat_activity where datname = current_database() \
+             and state = 'active' and pid <> pg_backend_pid()",
+        )
+        .await;
+        if busy == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the database never went quiet");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_still_queued_when_the_drain_deadline_passes_are_written() {
     // One row and a half: every batch takes a second row off the queue and holds it over.
@@ -257,20 +315,10 @@ async fn rows_still_queued_when_the_drain_deadline_passes_are_written() {
         s.server.shutdown_timeout_secs = 0;
     })
     .await;
-    let mut blocker = app.lock_metrics_table().await;
-    let token = app.token("user-1");
-    let send = |i: usize| tokio::spawn(send_metric(&app, &token, &metric(&format!("m{i:02}"))));
     // The first row alone is in the blocked transaction; the other 19 wait in the queue.
-    let mut requests = vec![send(0)];
-    app.wait_for_lock_waiter().await;
-    requests.extend((1..20).map(send));
-    for _ in 0..1000 {
-        if app.group_commit.waiting_rows()[0] == ("AnalyticsMetrics", 19) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(app.group_commit.waiting_rows()[0], ("AnalyticsMetrics", 19));
+    let names = (0..20).map(|i| format!("m{i:02}"));
+    let (mut blocker, requests) =
+        queue_behind_a_locked_table(&app, &metrics_of_user_1(&app, names)).await;
 
     let (stopped, ()) = tokio::join!(app.stop(), commit_after(&mut blocker, 300));
 
@@ -351,4 +399,209 @@ async fn an_idle_writer_holds_none_of_the_stores_connections(app: TestApp) {
     assert_eq!(stored.status(), 200);
     let stats = app.store.pool_stats();
     assert_eq!(stats.idle, stats.size, "a connection is held: {stats:?}");
+}
+
+/// A PostgreSQL app with one writer per table and no per-user rate limit, then `tweak`.
+async fn one_writer_app(tweak: impl FnOnce(&mut Settings)) -> TestApp {
+    TestApp::spawn_with(Backend::Postgres, |s| {
+        s.rate_limit.user_per_second = 0.0;
+        s.ingest.writers_per_table = 1;
+        tweak(s);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_not_written_by_the_shutdown_deadline_get_503_and_are_never_stored() {
+    let mut app = one_writer_app(|s| {
+        s.ingest.batch_deadline_ms = 60_000;
+        s.server.shutdown_timeout_secs = 0;
+        s.ingest.shutdown_flush_ms = 300;
+    })
+    .await;
+    let names = ["sent"].into_iter().chain(["q0", "q1", "q2", "q3"]);
+    let requests = metrics_of_user_1(&app, names.map(str::to_owned));
+    let (mut blocker, sent) = queue_behind_a_locked_table(&app, &requests).await;
+
+    let stopped = tokio::time::timeout(Duration::from_secs(10), app.stop()).await;
+
+    stopped
+        .expect("the stop waits for no batch past its deadline")
+        .expect("the server stops cleanly");
+    for request in sent {
+        // The drain deadline may have cut the connection first; a 200 is never right.
+        if let Ok(response) = request.await.unwrap() {
+            metric_storage_503_body(response).await;
+        }
+    }
+    commit_after(&mut blocker, 0).await;
+    let mut conn = app.pg().await;
+    wait_until_the_database_is_quiet(&mut conn).await;
+    assert_eq!(
+        count(
+            &mut conn,
+            r#"select count(*) from "AnalyticsMetrics" where "analyticMetric" like 'q%'"#
+        )
+        .await,
+        0,
+        "a queued row was stored after its request got 503"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_bad_row_among_many_costs_a_logarithmic_number_of_statements() {
+    let app = one_writer_app(|_| {}).await;
+    let mut conn = app.pg().await;
+    conn.execute(r#"alter table "AnalyticsMetrics" add constraint no_poison check ("analyticMetric" <> 'poison')"#)
+        .await
+        .unwrap();
+    // A sequence is not transactional: it counts the statements that rolled back too.
+    conn.execute(
+        r#"create sequence insert_statements;
+           create function count_insert_statement() returns trigger language plpgsql
+               as $$ begin perform nextval('insert_statements'); return null; end $$;
+           create trigger count_insert_statements before insert on "AnalyticsMetrics"
+               for each statement execute function count_insert_statement();"#,
+    )
+    .await
+    .unwrap();
+    let mut names: Vec<String> = (0..63).map(|i| format!("m{i}")).collect();
+    names[40] = "poison".to_owned();
+    let first = std::iter::once("first".to_owned());
+    let requests = metrics_of_user_1(&app, first.chain(names));
+    let (mut blocker, sent) = queue_behind_a_locked_table(&app, &requests).await;
+
+    commit_after(&mut blocker, 0).await;
+    let mut statuses = Vec::new();
+    for request in sent {
+        statuses.push(request.await.unwrap().unwrap().status().as_u16());
+    }
+
+    assert_eq!(
+        statuses.iter().filter(|s| **s != 200).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(statuses[41], 500);
+    assert_eq!(stored_metrics(&app).await, 63);
+    let statements = count(
+        &mut conn,
+        "select case when is_called then last_value else 0 end from insert_statements",
+    )
+    .await;
+    // The first row's batch, the 63-row batch, then a failing and a passing half per level.
+    let bound = 1 + 1 + 2 * 6;
+    assert!(
+        statements <= bound,
+        "{statements} statements (at most {bound}; row by row would take 65)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_whose_user_is_unknown_gets_403_and_its_batch_is_stored() {
+    let app = one_writer_app(|_| {}).await;
+    app.require_known_users(&["known"]).await;
+    let (known, stranger) = (app.token("known"), app.token("stranger"));
+    let mut requests: Vec<(String, Value)> = (0..10)
+        .map(|i| (known.clone(), metric(&format!("k{i}"))))
+        .collect();
+    requests.insert(5, (stranger, metric("s")));
+    let (mut blocker, sent) = queue_behind_a_locked_table(&app, &requests).await;
+
+    commit_after(&mut blocker, 0).await;
+    let mut answers = Vec::new();
+    for request in sent {
+        let response = request.await.unwrap().unwrap();
+        answers.push((
+            response.status().as_u16(),
+            response.json::<Value>().await.unwrap(),
+        ));
+    }
+
+    assert_eq!(answers[5], (403, json!({"detail": UNKNOWN_USER_DETAIL})));
+    answers.remove(5);
+    assert!(answers.iter().all(|(s, _)| *s == 200), "{answers:?}");
+    assert_eq!(stored_metrics(&app).await, 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_timed_out_leaves_no_row_behind() {
+    let app = one_writer_app(|s| {
+        s.ingest.batch_deadline_ms = 60_000;
+        s.server.request_timeout_secs = 1;
+    })
+    .await;
+    let requests = metrics_of_user_1(&app, ["sent", "gone"].into_iter().map(str::to_owned));
+    let (mut blocker, sent) = queue_behind_a_locked_table(&app, &requests).await;
+
+    let mut timed_out = Vec::new();
+    for request in sent {
+        timed_out.push(request.await.unwrap().unwrap());
+    }
+    commit_after(&mut blocker, 0).await;
+    let later = app
+        .post_json(METRIC, &metric("later"), Some(&app.token("user-1")))
+        .await;
+
+    for response in timed_out {
+        assert_eq!(response.status(), 503);
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["detail"]["message"], "Request timed out");
+    }
+    // Rows leave in order: once "later" is stored, the writer has passed over "gone".
+    assert_eq!(later.status(), 200);
+    let mut conn = app.pg().await;
+    let stored = |name: &'static str| {
+        let sql = r#"select count(*) from "AnalyticsMetrics" where "analyticMetric" = $1"#;
+        sqlx::query_scalar::<_, i64>(sql).bind(name)
+    };
+    assert_eq!(stored("gone").fetch_one(&mut conn).await.unwrap(), 0);
+    // The remaining window: a row whose batch was already sent is stored.
+    assert_eq!(stored("sent").fetch_one(&mut conn).await.unwrap(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_full_of_bytes_answers_503_with_retry_after() {
+    let capacity = metric_row_bytes() * 5 / 2;
+    let app = one_writer_app(|s| {
+        s.ingest.max_batch = 1;
+        s.ingest.queue_capacity_bytes = capacity;
+    })
+    .await;
+    let mut blocker = app.lock_metrics_table().await;
+    let token = app.token("user-1");
+    let first = tokio::spawn(send_metric(&app, &token, &metric("m00")));
+    app.wait_for_lock_waiter().await;
+    let mut rest = JoinSet::new();
+    for i in 1..6 {
+        rest.spawn(send_metric(&app, &token, &metric(&format!("m{i:02}"))));
+    }
+    // Accepted rows wait behind the lock, so the first three answers are the refusals.
+    let mut refused = Vec::new();
+    while refused.len() < 3 {
+        let response = rest.join_next().await.unwrap().unwrap().unwrap();
+        refused.push(metric_storage_503_body(response).await);
+    }
+
+    commit_after(&mut blocker, 0).await;
+    let accepted: Vec<u16> = rest
+        .join_all()
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().status().as_u16())
+        .collect();
+
+    for body in refused {
+        assert_eq!(
+            body["detail"]["message"],
+            "Analytics ingestion is overloaded; retry later"
+        );
+    }
+    assert_eq!(
+        accepted,
+        vec![200, 200],
+        "two rows and a half fit: two wait"
+    );
+    assert_eq!(first.await.unwrap().unwrap().status(), 200);
+    assert_eq!(stored_metrics(&app).await, 3);
 }

@@ -255,6 +255,28 @@ impl TestApp {
         blocker
     }
 
+    /// Gives `"AnalyticsMetrics"."userId"` AutoGPT's foreign key to a `"User"` table that
+    /// holds only `known_users` (our migrations leave that key to Prisma).
+    pub async fn require_known_users(&self, known_users: &[&str]) {
+        let mut conn = self.pg().await;
+        conn.execute(r#"create table "User" ("id" text primary key)"#)
+            .await
+            .unwrap();
+        for user in known_users {
+            sqlx::query(r#"insert into "User" ("id") values ($1)"#)
+                .bind(user)
+                .execute(&mut conn)
+                .await
+                .unwrap();
+        }
+        conn.execute(
+            r#"alter table "AnalyticsMetrics" add constraint "AnalyticsMetrics_userId_fkey"
+               foreign key ("userId") references "User" ("id")"#,
+        )
+        .await
+        .unwrap();
+    }
+
     /// Polls until some session waits on a lock, i.e. a request reached the database.
     pub async fn wait_for_lock_waiter(&self) {
         let mut conn = self.pg().await;

@@ -14,5 +14,7 @@ mod idempotency;
 mod jwks;
 mod lifecycle;
 mod metrics;
+mod pg_proxy;
 mod process;
 mod properties;
+mod writer_faults;

@@ -132,6 +132,25 @@ async fn a_422_is_not_an_error_event() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_of_an_unknown_user_is_a_403_not_an_error_event() {
+    let _serial = serial().await;
+    let fake = FakeSentry::start().await;
+    let (telemetry, app) = spawn(Backend::Postgres, &fake).await;
+    app.require_known_users(&["known"]).await;
+
+    let response = app
+        .post_json(METRIC, &metric_body(), Some(&app.token("stranger")))
+        .await;
+
+    assert_eq!(response.status(), 403);
+    assert!(telemetry.flush(FLUSH));
+    // The request's transaction arriving shows the pipeline works; no event came with it.
+    assert!(eventually(5, || !fake.transactions().is_empty()).await);
+    assert!(telemetry.flush(FLUSH));
+    assert_eq!(fake.events(), Vec::<Value>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_request_is_a_transaction_named_by_its_route_template_continuing_the_trace() {
     let _serial = serial().await;
     let fake = FakeSentry::start().await;

@@ -121,6 +121,11 @@ impl Application {
                 header_read_timeout: Duration::from_secs(settings.server.header_read_timeout_secs),
                 max_connections: settings.server.max_connections,
                 max_header_bytes: settings.server.max_header_bytes,
+                keep_alive_idle: Duration::from_secs(settings.server.keep_alive_idle_secs),
+                http2_max_concurrent_streams: settings
+                    .server
+                    .http2_enabled
+                    .then_some(settings.server.http2_max_concurrent_streams),
             },
             idempotency,
         })

@@ -13,7 +13,7 @@ use crate::support::serial;
 const METRIC: &str = "/api/analytics/log_raw_metric";
 
 /// Parses the scrape, failing on any line that is not a comment or a sample.
-fn parse(text: &str) -> Scrape {
+pub fn parse(text: &str) -> Scrape {
     for line in text.lines() {
         assert!(
             !matches!(LineInfo::parse(line), LineInfo::Ignored),
@@ -23,7 +23,7 @@ fn parse(text: &str) -> Scrape {
     Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("the scrape parses")
 }
 
-fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+pub fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     scrape
         .samples
         .iter()

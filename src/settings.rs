@@ -643,6 +643,17 @@ mod tests {
     }
 
     #[test]
+    fn prod_serves_metrics_on_the_admin_port_and_local_on_the_main_port() {
+        let key = ("JWT_VERIFY_KEY", "0123456789abcdef0123456789abcdef");
+
+        let prod = load_with(&[("APP_ENV", "prod"), key]).unwrap();
+        let local = load_with(&[]).unwrap();
+
+        assert_eq!(prod.metrics.admin_port, Some(9464));
+        assert_eq!(local.metrics.admin_port, None);
+    }
+
+    #[test]
     fn connection_timeouts_default_to_a_short_head_and_a_longer_idle_spell() {
         let settings = load_with(&[]).unwrap();
         let zero_idle = load_with(&[("APP_SERVER__KEEP_ALIVE_IDLE_SECS", "0")]);

@@ -162,9 +162,12 @@ impl Application {
     ) -> anyhow::Result<()> {
         tracing::info!(address = %self.local_addr(), "analytics-service listening");
         let pruner = self.idempotency.spawn_pruner(self.store.clone());
+        let limits = self.connection_limits;
         let admin = self.admin.map(|(listener, router)| {
             tracing::info!(address = ?listener.local_addr(), "metrics listening");
-            tokio::spawn(async move { axum::serve(listener, router).await })
+            // The same connection limits as the main port: in prod it binds the same host.
+            let forever = std::future::pending();
+            tokio::spawn(crate::server::serve(listener, router, limits, forever))
         });
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
         let server = crate::server::serve(

@@ -1,7 +1,7 @@
 //! The HTTP/1 (and, when enabled, cleartext HTTP/2) accept loop, with the connection limits
 //! `axum::serve` does not expose: a deadline for each connection's request heads and idle
-//! spells ([`deadline`]), a cap on open connections and on the header buffer, and their
-//! metrics.
+//! spells (`server/deadline.rs`), a cap on open connections and on the header buffer, and
+//! their metrics.
 //!
 //! Every request carries `ConnectInfo<SocketAddr>` (the peer), which the per-IP rate limit
 //! reads when no trusted proxy names the client.

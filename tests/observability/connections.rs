@@ -97,14 +97,11 @@ async fn open_connections_and_those_closed_for_a_late_head_or_idleness_are_count
     kept_alive.read_exact(&mut answer).await.unwrap();
     assert_eq!(&answer, b"HTTP/1.1 200");
 
-    let while_open = counts_once(
-        app.addr,
-        Counts {
-            open: before.open + 4.0,
-            ..before
-        },
-    )
-    .await;
+    let four_more_open = Counts {
+        open: before.open + 4.0,
+        ..before
+    };
+    let while_open = counts_once(app.addr, four_more_open).await;
     for stream in silent.iter_mut().chain([&mut kept_alive]) {
         wait_for_close(stream).await;
     }
@@ -115,13 +112,7 @@ async fn open_connections_and_those_closed_for_a_late_head_or_idleness_are_count
     };
     let after = counts_once(app.addr, expected).await;
 
-    assert_eq!(
-        while_open,
-        Counts {
-            open: before.open + 4.0,
-            ..before
-        }
-    );
+    assert_eq!(while_open, four_more_open);
     assert_eq!(after, expected);
 }
 

@@ -29,6 +29,7 @@ USER analytics
 ENV APP_ENV=prod \
     HOST=0.0.0.0 \
     PORT=8006
-EXPOSE 8006
+# 9464: GET /metrics (config/prod.toml), not the public port.
+EXPOSE 8006 9464
 ENTRYPOINT ["/usr/local/bin/analytics-service"]
 CMD ["serve"]

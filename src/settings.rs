@@ -165,6 +165,23 @@ pub struct ServerSettings {
     /// Largest request head (request line and headers), in bytes.
     #[serde(default = "default_max_header_bytes")]
     pub max_header_bytes: usize,
+    /// A keep-alive connection with no request for this long is closed.
+    #[serde(default = "default_keep_alive_idle_secs")]
+    pub keep_alive_idle_secs: u64,
+    /// Also serve cleartext HTTP/2 (h2c, prior knowledge); off: HTTP/1.1 only.
+    #[serde(default)]
+    pub http2_enabled: bool,
+    /// With HTTP/2: most requests (streams) one connection may have open at once.
+    #[serde(default = "default_http2_max_concurrent_streams")]
+    pub http2_max_concurrent_streams: u32,
+}
+
+fn default_keep_alive_idle_secs() -> u64 {
+    75
+}
+
+fn default_http2_max_concurrent_streams() -> u32 {
+    100
 }
 
 fn default_header_read_timeout_secs() -> u64 {
@@ -494,6 +511,11 @@ impl Settings {
                 "server.header_read_timeout_secs and server.max_connections must be at least 1",
             );
         }
+        if self.server.keep_alive_idle_secs == 0 || self.server.http2_max_concurrent_streams == 0 {
+            return invalid(
+                "server.keep_alive_idle_secs and server.http2_max_concurrent_streams must be at least 1",
+            );
+        }
         crate::edge::config::validate(&self.rate_limit, &self.browser)?;
         if self.idempotency.retention_secs == 0 {
             return invalid("idempotency.retention_secs must be at least 1");
@@ -666,6 +688,34 @@ mod tests {
         assert!(settings.browser.beacon_enabled);
         assert_eq!(settings.server.header_read_timeout_secs, 3);
         assert!(load_with(&[("APP_BROWSER__ALLOWED_ORIGINS", "*")]).is_err());
+    }
+
+    #[test]
+    fn prod_serves_metrics_on_the_admin_port_and_local_on_the_main_port() {
+        let key = ("JWT_VERIFY_KEY", "0123456789abcdef0123456789abcdef");
+
+        let prod = load_with(&[("APP_ENV", "prod"), key]).unwrap();
+        let local = load_with(&[]).unwrap();
+
+        assert_eq!(prod.metrics.admin_port, Some(9464));
+        assert_eq!(local.metrics.admin_port, None);
+    }
+
+    #[test]
+    fn connection_timeouts_default_to_a_short_head_and_a_longer_idle_spell() {
+        let settings = load_with(&[]).unwrap();
+        let zero_idle = load_with(&[("APP_SERVER__KEEP_ALIVE_IDLE_SECS", "0")]);
+
+        assert_eq!(settings.server.header_read_timeout_secs, 10);
+        assert_eq!(settings.server.keep_alive_idle_secs, 75);
+        assert!(!settings.server.http2_enabled);
+        assert_eq!(settings.server.http2_max_concurrent_streams, 100);
+        assert!(
+            zero_idle
+                .unwrap_err()
+                .to_string()
+                .contains("keep_alive_idle_secs")
+        );
     }
 
     #[test]

@@ -136,6 +136,11 @@ impl Application {
                 header_read_timeout: Duration::from_secs(settings.server.header_read_timeout_secs),
                 max_connections: settings.server.max_connections,
                 max_header_bytes: settings.server.max_header_bytes,
+                keep_alive_idle: Duration::from_secs(settings.server.keep_alive_idle_secs),
+                http2_max_concurrent_streams: settings
+                    .server
+                    .http2_enabled
+                    .then_some(settings.server.http2_max_concurrent_streams),
             },
             idempotency,
         })
@@ -178,9 +183,12 @@ impl Application {
     ) -> anyhow::Result<()> {
         tracing::info!(address = %self.local_addr(), "analytics-service listening");
         let pruner = self.idempotency.spawn_pruner(self.store.clone());
+        let limits = self.connection_limits;
         let admin = self.admin.map(|(listener, router)| {
             tracing::info!(address = ?listener.local_addr(), "metrics listening");
-            tokio::spawn(async move { axum::serve(listener, router).await })
+            // The same connection limits as the main port: in prod it binds the same host.
+            let forever = std::future::pending();
+            tokio::spawn(crate::server::serve(listener, router, limits, forever))
         });
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
         let server = crate::server::serve(

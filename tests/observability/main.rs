@@ -9,6 +9,7 @@
 #[path = "../api/helpers.rs"]
 mod helpers;
 
+mod connections;
 mod fake_sentry;
 mod logs;
 mod prometheus;

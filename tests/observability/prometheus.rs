@@ -1,8 +1,10 @@
 //! `GET /metrics`: Prometheus text that moves with the traffic.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use analytics_service::clock::SystemClock;
+use analytics_service::settings::{Settings, load_from};
 use analytics_service::startup::Application;
 use prometheus_parse::{LineInfo, Scrape, Value as Sample};
 use serde_json::json;
@@ -13,7 +15,7 @@ use crate::support::serial;
 const METRIC: &str = "/api/analytics/log_raw_metric";
 
 /// Parses the scrape, failing on any line that is not a comment or a sample.
-fn parse(text: &str) -> Scrape {
+pub fn parse(text: &str) -> Scrape {
     for line in text.lines() {
         assert!(
             !matches!(LineInfo::parse(line), LineInfo::Ignored),
@@ -23,7 +25,7 @@ fn parse(text: &str) -> Scrape {
     Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("the scrape parses")
 }
 
-fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+pub fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     scrape
         .samples
         .iter()
@@ -136,11 +138,28 @@ async fn storage_errors_are_counted_by_kind() {
     assert!(errors(&after) > errors(&before));
 }
 
+/// The prod profile as `main` loads it (a valid key, `database_url`), on a free port.
+fn prod_settings(database_url: &str) -> Settings {
+    let env = [
+        ("APP_ENV", "prod"),
+        ("JWT_VERIFY_KEY", "0123456789abcdef0123456789abcdef"),
+        ("DATABASE_URL", database_url),
+        ("PORT", "0"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    let config_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config");
+    load_from(&config_dir, &env).expect("the prod profile loads")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metrics_can_move_to_an_admin_port_of_their_own() {
+async fn in_the_prod_profile_metrics_move_to_an_admin_port_of_their_own() {
     let _serial = serial().await;
     let database = TestDatabase::create(Backend::Sqlite).await;
-    let mut settings = test_settings(&database.url());
+    let mut settings = prod_settings(&database.url());
+    assert_eq!(settings.metrics.admin_port, Some(9464));
+    // A free port: 9464 may be taken on this machine.
     settings.metrics.admin_port = Some(0);
     let app = Application::build(&settings).await.unwrap();
     let (main, admin) = (

@@ -176,6 +176,7 @@ impl Alerter {
         };
         match self.client.send(self.target(channel), &text).await {
             Ok((channel_id, message_ids)) => {
+                self.flood.sent(channel, content);
                 metrics::counter!("analytics_alerts_sent_total", "channel" => label).increment(1);
                 Ok(Alert::Sent {
                     channel_id,

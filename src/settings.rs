@@ -271,6 +271,10 @@ pub struct SentrySettings {
     /// Comma-separated route templates never traced (probes and the metrics scrape).
     #[serde(default = "default_untraced_routes")]
     pub untraced_routes: String,
+    /// Whether an incoming `sentry-trace`/`traceparent` may decide that a request is
+    /// traced; off, the trace is continued but sampled at `traces_sample_rate`.
+    #[serde(default)]
+    pub trust_incoming_traces: bool,
 }
 
 fn default_untraced_routes() -> String {

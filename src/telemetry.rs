@@ -5,6 +5,7 @@ pub mod http;
 pub mod prometheus;
 pub mod scrub;
 mod sentry_client;
+mod transport;
 
 use std::fmt;
 use std::time::Duration;
@@ -19,7 +20,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::settings::{LogFormat, Settings};
 
-pub use sentry_client::{client_options, sample_rate_for};
+pub use sentry_client::{Sampling, client_options};
 
 /// Log target of lines whose error already went to Sentry by other means (`capture_error`,
 /// the panic hook): they are logged but not turned into a second Sentry event.

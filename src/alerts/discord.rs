@@ -27,6 +27,9 @@ const GUILD_PAGE: usize = 200;
 /// First backoff after a 5xx or timeout; doubled per retry, jittered, capped.
 const BACKOFF_BASE: Duration = Duration::from_millis(250);
 const BACKOFF_CAP: Duration = Duration::from_secs(2);
+/// The least a 429 waits: a `retry_after` of 0 (or one the body leaves out) would retry at
+/// once and draw the next 429, which counts toward Cloudflare's invalid-request ban.
+const MIN_RATE_LIMIT_WAIT: Duration = Duration::from_millis(100);
 /// What callers are told to wait after Discord could not be reached.
 const UNAVAILABLE_RETRY_AFTER: Duration = Duration::from_secs(5);
 
@@ -287,7 +290,16 @@ impl DiscordClient {
     ) -> Result<String, AlertError> {
         self.pace(channel_id, deadline).await?;
         // `parse: []`: an "@everyone" or a role mention in alert text pings no one.
-        let body = json!({ "content": content, "allowed_mentions": { "parse": [] } });
+        // The nonce, the same on every retry of this message, with `enforce_nonce`: a retry
+        // of a POST that timed out after Discord took it returns that message instead of
+        // posting it twice. Discord allows up to 25 characters.
+        let nonce = format!("{:016x}", rand::rng().random::<u64>());
+        let body = json!({
+            "content": content,
+            "allowed_mentions": { "parse": [] },
+            "nonce": nonce,
+            "enforce_nonce": true,
+        });
         let path = format!("/channels/{channel_id}/messages");
         let message = self
             .call(Method::POST, &path, Some(&body), deadline)
@@ -384,7 +396,7 @@ impl DiscordClient {
                 .or(header_wait)
                 .filter(|s| s.is_finite() && *s >= 0.0)
                 .unwrap_or(1.0);
-            let retry_after = Duration::from_secs_f64(seconds.min(3600.0));
+            let retry_after = Duration::from_secs_f64(seconds.min(3600.0)).max(MIN_RATE_LIMIT_WAIT);
             if limit.is_some_and(|l| l.global) {
                 self.pause_all(retry_after);
             }

@@ -161,13 +161,17 @@ impl Alerter {
         if content.trim().is_empty() {
             return Err(AlertError::EmptyContent);
         }
-        let repeated = match self.flood.admit(channel, content) {
-            Admission::Suppress => {
-                metrics::counter!("analytics_alerts_suppressed_total", "channel" => label)
-                    .increment(1);
-                return Ok(Alert::Suppressed);
+        let (repeated, ticket) = loop {
+            match self.flood.admit(channel, content) {
+                Admission::Send { repeated, ticket } => break (repeated, ticket),
+                Admission::Suppress => {
+                    metrics::counter!("analytics_alerts_suppressed_total", "channel" => label)
+                        .increment(1);
+                    return Ok(Alert::Suppressed);
+                }
+                // The send it waits for is bounded by the client's wait budget.
+                Admission::Wait(in_flight) => in_flight.settled().await,
             }
-            Admission::Send { repeated } => repeated,
         };
         let text = if repeated > 0 {
             format!("{content}\n(repeated ×{repeated})")
@@ -176,6 +180,7 @@ impl Alerter {
         };
         match self.client.send(self.target(channel), &text).await {
             Ok((channel_id, message_ids)) => {
+                self.flood.sent(channel, content, ticket);
                 metrics::counter!("analytics_alerts_sent_total", "channel" => label).increment(1);
                 Ok(Alert::Sent {
                     channel_id,
@@ -183,7 +188,7 @@ impl Alerter {
                 })
             }
             Err(err) => {
-                self.flood.failed(channel, content, repeated);
+                self.flood.failed(channel, content, repeated, ticket);
                 metrics::counter!("analytics_alerts_failed_total", "channel" => label).increment(1);
                 tracing::warn!(alert.channel = label, error = %err, "Discord alert not delivered");
                 Err(err)

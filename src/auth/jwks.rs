@@ -1,10 +1,12 @@
 //! The JWKS key cache: public keys for asymmetric tokens (ES256, RS256, EdDSA, …), fetched
 //! from `JWT_JWKS_URL` with a timeout, kept by `kid`, refreshed when a token names a `kid`
 //! we do not know (at most once per `min_refresh`) or when the keys are older than
-//! `max_age`. Symmetric (`oct`) keys in the set are ignored: a JWKS is public, so an HMAC
+//! `max_age`. Old keys are still served while one background fetch replaces them: only a
+//! request with no key for its `kid` waits on the key server. Symmetric (`oct`) keys in the set are ignored: a JWKS is public, so an HMAC
 //! key from it would let anyone sign.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -72,8 +74,13 @@ struct Cached {
     last_fetch_failed: bool,
 }
 
-/// Where the keys come from, and the keys we hold.
+/// Where the keys come from, and the keys we hold; cheap to clone (one shared set).
+#[derive(Clone)]
 pub struct JwksCache {
+    keys: Arc<KeySet>,
+}
+
+struct KeySet {
     url: String,
     client: reqwest::Client,
     min_refresh: Duration,
@@ -82,13 +89,15 @@ pub struct JwksCache {
     // Held while fetching, so concurrent requests with the same unknown `kid` cause one
     // fetch; holds the time of the last fetch a token caused.
     refresh_gate: tokio::sync::Mutex<Option<Instant>>,
+    /// A background refresh of old keys is running: no second one starts.
+    refreshing: AtomicBool,
 }
 
 impl std::fmt::Debug for JwksCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("JwksCache")
-            .field("min_refresh", &self.min_refresh)
-            .field("max_age", &self.max_age)
+            .field("min_refresh", &self.keys.min_refresh)
+            .field("max_age", &self.keys.max_age)
             .finish_non_exhaustive()
     }
 }
@@ -102,18 +111,70 @@ impl JwksCache {
             .user_agent(concat!("analytics-service/", env!("CARGO_PKG_VERSION")))
             .build()
             .expect("a reqwest client with a timeout always builds");
-        JwksCache {
+        let keys = KeySet {
             url: url.to_owned(),
             client,
             min_refresh,
             max_age,
             cached: RwLock::new(Cached::default()),
             refresh_gate: tokio::sync::Mutex::new(None),
+            refreshing: AtomicBool::new(false),
+        };
+        JwksCache {
+            keys: Arc::new(keys),
         }
     }
 
     /// The key for `kid` if we hold it; never fetches.
     pub fn cached(&self, kid: &str) -> Option<JwksKey> {
+        self.keys.cached(kid)
+    }
+
+    /// The key for `kid`. A key we hold is answered at once, old or not (old keys start a
+    /// background refresh); an unknown `kid` waits for a fetch, when the last fetch a token
+    /// caused was at least `min_refresh` ago.
+    pub async fn key(&self, kid: &str) -> Result<JwksKey, AuthError> {
+        match self.keys.cached(kid) {
+            Some(key) => {
+                if !self.keys.is_fresh() {
+                    self.refresh_in_background();
+                }
+                Ok(key)
+            }
+            None => self.keys.fetch_for(kid).await,
+        }
+    }
+
+    /// Fetches the set now (start-up); a failure is logged and the next token retries.
+    pub async fn prefetch(&self) {
+        self.keys.refresh().await;
+    }
+
+    /// Starts one refresh of old keys, unless one is running.
+    fn refresh_in_background(&self) {
+        if self.keys.refreshing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let keys = Arc::clone(&self.keys);
+        tokio::spawn(async move {
+            // Cleared on drop, so a refresh that panics does not stop all later ones.
+            let _running = RefreshRunning(&keys.refreshing);
+            keys.refresh_if_old().await;
+        });
+    }
+}
+
+/// Clears the "refreshing" flag when the background refresh ends, however it ends.
+struct RefreshRunning<'a>(&'a AtomicBool);
+
+impl Drop for RefreshRunning<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+impl KeySet {
+    fn cached(&self, kid: &str) -> Option<JwksKey> {
         self.cached
             .read()
             .expect("the key cache lock is never poisoned")
@@ -132,14 +193,22 @@ impl JwksCache {
             .is_some_and(|t| t.elapsed() < self.max_age)
     }
 
-    /// The key for `kid`, fetching the set when `kid` is unknown or the keys are old and
-    /// the last fetch a token caused was at least `min_refresh` ago.
-    pub async fn key(&self, kid: &str) -> Result<JwksKey, AuthError> {
-        if let Some(key) = self.cached(kid).filter(|_| self.is_fresh()) {
-            return Ok(key);
-        }
+    /// The background refresh: at most one fetch per `min_refresh`, also while the key
+    /// server fails, so requests with old keys do not hammer it.
+    async fn refresh_if_old(&self) {
         let mut last_refresh = self.refresh_gate.lock().await;
-        if let Some(key) = self.cached(kid).filter(|_| self.is_fresh()) {
+        if self.is_fresh() || last_refresh.is_some_and(|t| t.elapsed() < self.min_refresh) {
+            return;
+        }
+        *last_refresh = Some(Instant::now());
+        self.refresh().await;
+    }
+
+    /// A key we do not hold: fetches the set (once for concurrent callers, at most once
+    /// per `min_refresh`) and looks again.
+    async fn fetch_for(&self, kid: &str) -> Result<JwksKey, AuthError> {
+        let mut last_refresh = self.refresh_gate.lock().await;
+        if let Some(key) = self.cached(kid) {
             return Ok(key);
         }
         if last_refresh.is_none_or(|t| t.elapsed() >= self.min_refresh) {
@@ -169,11 +238,6 @@ impl JwksCache {
                 "Unable to find a signing key that matches: {kid:?}"
             ))
         }
-    }
-
-    /// Fetches the set now (start-up); a failure is logged and the next token retries.
-    pub async fn prefetch(&self) {
-        self.refresh().await;
     }
 
     /// Fetches and replaces the set; on failure the keys we hold stay in use.

@@ -21,7 +21,8 @@ use crate::settings::DatabaseSettings;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 
-/// Prisma's URL parameters that libpq/sqlx do not know; they are accepted and dropped.
+/// Prisma's URL parameters that libpq/sqlx do not know; they are taken off the URL
+/// (`schema` and `pgbouncer` are then honoured by [`connect_options`]).
 const PRISMA_ONLY_PARAMS: &[&str] = &[
     "schema",
     "connection_limit",
@@ -33,7 +34,7 @@ const PRISMA_ONLY_PARAMS: &[&str] = &[
 ];
 
 /// The PostgreSQL store.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
     /// How each group-commit writer's own one-connection pool is built.
@@ -44,7 +45,21 @@ pub struct PgStore {
     writer_startup_options: bool,
 }
 
+// By hand: the derived one would print the connect options, password included.
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("host", &self.connect_options.get_host())
+            .field("port", &self.connect_options.get_port())
+            .field("database", &self.connect_options.get_database())
+            .field("username", &self.connect_options.get_username())
+            .finish_non_exhaustive()
+    }
+}
+
 /// Splits Prisma's `?schema=NAME` off a database URL; the rest goes to sqlx.
+/// `?pgbouncer=true` turns sqlx's statement cache off, as Prisma does: a transaction-mode
+/// PgBouncer hands each transaction another server, where named statements don't exist.
 fn connect_options(url: &str) -> Result<(PgConnectOptions, Option<String>), StoreError> {
     let mut parsed =
         Url::parse(url).map_err(|e| StoreError::InvalidUrl(format!("not a URL ({e})")))?;
@@ -65,7 +80,11 @@ fn connect_options(url: &str) -> Result<(PgConnectOptions, Option<String>), Stor
     let mut options = PgConnectOptions::from_str(parsed.as_str())
         .map_err(|_| StoreError::InvalidUrl("PostgreSQL options not understood".into()))?;
     if let Some(schema) = &schema {
-        options = options.options([("search_path", schema.as_str())]);
+        // Quoted, as `create schema` quotes it: unquoted, PostgreSQL would lowercase it.
+        options = options.options([("search_path", quote_ident(schema))]);
+    }
+    if behind_pgbouncer(url) {
+        options = options.statement_cache_capacity(0);
     }
     Ok((options, schema))
 }
@@ -115,7 +134,7 @@ fn writer_connect_options(
 fn behind_pgbouncer(url: &str) -> bool {
     Url::parse(url).is_ok_and(|u| {
         u.query_pairs()
-            .any(|(k, v)| k == "pgbouncer" && v == "true")
+            .any(|(k, v)| k == "pgbouncer" && v.eq_ignore_ascii_case("true"))
     })
 }
 
@@ -411,7 +430,60 @@ mod tests {
 
         assert_eq!(schema.as_deref(), Some("platform"));
         assert_eq!(options.get_database(), Some("app"));
-        assert_eq!(options.get_options(), Some("-c search_path=platform"));
+        assert_eq!(options.get_options(), Some(r#"-c search_path="platform""#));
+    }
+
+    #[test]
+    fn a_schema_with_capitals_keeps_its_case_in_the_search_path() {
+        let (options, schema) =
+            connect_options("postgresql://u:p@db:5432/app?schema=MySchema").unwrap();
+
+        assert_eq!(schema.as_deref(), Some("MySchema"));
+        assert_eq!(options.get_options(), Some(r#"-c search_path="MySchema""#));
+    }
+
+    #[tokio::test]
+    async fn debug_output_leaves_the_password_out() {
+        let (connect_options, _) =
+            connect_options("postgresql://u:s3cret-pw@db:5432/app?schema=platform").unwrap();
+        let store = PgStore {
+            pool: PgPoolOptions::new().connect_lazy_with(connect_options.clone()),
+            writer_pool: PgPoolOptions::new(),
+            connect_options,
+            writer_startup_options: true,
+        };
+
+        let printed = format!("{store:?} {store:#?}");
+
+        assert!(!printed.contains("s3cret-pw"), "{printed}");
+        assert!(printed.contains("db"), "{printed}");
+    }
+
+    /// Statements a connection keeps prepared after running one query with a parameter.
+    async fn statements_cached_after_a_query(pgbouncer: &str) -> usize {
+        let server = std::env::var("TEST_DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+        let mut url = Url::parse(&server).expect("TEST_DATABASE_URL is a URL");
+        url.query_pairs_mut().append_pair("pgbouncer", pgbouncer);
+        let (options, _) = connect_options(url.as_str()).unwrap();
+        let mut conn = PgConnection::connect_with(&options)
+            .await
+            .expect("PostgreSQL answers on TEST_DATABASE_URL or 127.0.0.1:5432");
+        let _: (i32,) = sqlx::query_as("select $1::int4")
+            .bind(1)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        conn.cached_statements_size()
+    }
+
+    #[tokio::test]
+    async fn pgbouncer_parameter_turns_the_statement_cache_off() {
+        let plain = statements_cached_after_a_query("false").await;
+        let pooled = statements_cached_after_a_query("true").await;
+
+        assert_eq!(plain, 1);
+        assert_eq!(pooled, 0);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::sync::LazyLock;
 
 use regex::Regex;
 use secrecy::ExposeSecret;
-use sentry::protocol::{Breadcrumb, Event, Log, Value};
+use sentry::protocol::{Breadcrumb, Event, Log, Request, Transaction, Value};
 
 use crate::settings::Settings;
 
@@ -132,13 +132,31 @@ impl Scrubber {
             return None;
         }
         if let Some(request) = event.request.as_mut() {
-            // Bodies and cookies are never sent, whatever they hold.
-            request.data = None;
-            request.cookies = None;
+            strip_request(request);
         }
-        let mut tree = serde_json::to_value(&event).ok()?;
+        self.rebuilt(&event)
+    }
+
+    /// The transport's stand-in for the `before_send_transaction` hook sentry 0.49 lacks:
+    /// removes credentials from the request, tags, extra data and spans.
+    pub fn transaction(
+        &self,
+        mut transaction: Transaction<'static>,
+    ) -> Option<Transaction<'static>> {
+        if let Some(request) = transaction.request.as_mut() {
+            strip_request(request);
+        }
+        self.rebuilt(&transaction)
+    }
+
+    /// `payload` with every part scrubbed, or `None` (dropped rather than sent unscrubbed)
+    /// when it cannot be rebuilt.
+    fn rebuilt<T>(&self, payload: &T) -> Option<T>
+    where
+        T: serde::Serialize + serde::de::DeserializeOwned,
+    {
+        let mut tree = serde_json::to_value(payload).ok()?;
         self.value(None, &mut tree);
-        // An event that cannot be rebuilt is dropped rather than sent unscrubbed.
         serde_json::from_value(tree).ok()
     }
 
@@ -195,6 +213,17 @@ impl Scrubber {
             }
             _ => {}
         }
+    }
+}
+
+/// Bodies, cookies and query strings are never sent, whatever they hold: a query may carry
+/// a token (`?token=eyJ…`) in a shape no pattern knows.
+fn strip_request(request: &mut Request) {
+    request.data = None;
+    request.cookies = None;
+    request.query_string = None;
+    if let Some(url) = request.url.as_mut() {
+        url.set_query(None);
     }
 }
 

@@ -6,6 +6,7 @@ use secrecy::ExposeSecret;
 use sentry::{ClientOptions, TransactionContext};
 
 use super::scrub::Scrubber;
+use super::transport::ScrubbingTransportFactory;
 use crate::settings::Settings;
 
 /// The options for `sentry::init`, or `None` when `SENTRY_DSN` is empty (Sentry off).
@@ -15,9 +16,17 @@ pub fn client_options(settings: &Settings) -> Option<ClientOptions> {
         return None;
     }
     let scrubber = Arc::new(Scrubber::from_settings(settings));
-    let (for_events, for_logs, for_breadcrumbs) = (scrubber.clone(), scrubber.clone(), scrubber);
-    let rate = settings.sentry.traces_sample_rate;
-    let untraced: Vec<String> = settings.sentry.untraced_routes();
+    let (for_events, for_logs, for_breadcrumbs) =
+        (scrubber.clone(), scrubber.clone(), scrubber.clone());
+    let sampling = Sampling {
+        rate: settings.sentry.traces_sample_rate,
+        untraced: settings.sentry.untraced_routes(),
+        trust_incoming: settings.sentry.trust_incoming_traces,
+    };
+    let transport = ScrubbingTransportFactory::new(
+        Arc::new(sentry::transports::DefaultTransportFactory),
+        scrubber,
+    );
     Some(
         ClientOptions::new()
             .dsn(dsn)
@@ -28,30 +37,61 @@ pub fn client_options(settings: &Settings) -> Option<ClientOptions> {
                 env!("CARGO_PKG_VERSION")
             ))
             .send_default_pii(false)
-            .traces_sampler(move |ctx| sample_rate_for(ctx, rate, &untraced))
+            .traces_sampler(move |ctx| sampling.rate_for(ctx))
+            .transport(transport)
             .before_send(move |event| for_events.event(event))
             .before_send_log(move |log| for_logs.log(log))
             .before_breadcrumb(move |crumb| for_breadcrumbs.breadcrumb(crumb)),
     )
 }
 
-/// The share of transactions like `ctx` to keep: none for the untraced routes, the
-/// caller's decision when an incoming trace carries one, else `rate`.
-pub fn sample_rate_for(ctx: &TransactionContext, rate: f32, untraced: &[String]) -> f32 {
-    // HTTP transactions are named "METHOD /route/template".
-    let path = ctx.name().split_once(' ').map_or(ctx.name(), |(_, p)| p);
-    if untraced.iter().any(|route| route == path) {
-        return 0.0;
+/// How transactions are sampled.
+#[derive(Debug, Clone)]
+pub struct Sampling {
+    /// Share of new traces kept, 0.0 to 1.0.
+    pub rate: f32,
+    /// Route templates never traced.
+    pub untraced: Vec<String>,
+    /// Whether an incoming `sentry-trace`/`traceparent` sampling decision is followed. Off,
+    /// a caller cannot make us trace (and send to Sentry) every request it sends.
+    pub trust_incoming: bool,
+}
+
+impl Sampling {
+    /// The share of transactions like `ctx` to keep: none for the untraced routes, the
+    /// caller's decision when an incoming trace carries one and it is trusted, else `rate`.
+    pub fn rate_for(&self, ctx: &TransactionContext) -> f32 {
+        // HTTP transactions are named "METHOD /route/template".
+        let path = ctx.name().split_once(' ').map_or(ctx.name(), |(_, p)| p);
+        if self.untraced.iter().any(|route| route == path) {
+            return 0.0;
+        }
+        match ctx.sampled() {
+            Some(sampled) if self.trust_incoming => f32::from(sampled),
+            _ => self.rate,
+        }
     }
-    ctx.sampled().map_or(rate, f32::from)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn untraced() -> Vec<String> {
-        vec!["/healthz".to_owned(), "/metrics".to_owned()]
+    fn sampling(rate: f32, trust_incoming: bool) -> Sampling {
+        Sampling {
+            rate,
+            untraced: vec!["/healthz".to_owned(), "/metrics".to_owned()],
+            trust_incoming,
+        }
+    }
+
+    fn continued(flag: char) -> TransactionContext {
+        let header = format!("4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-{flag}");
+        TransactionContext::continue_from_headers(
+            "POST /api/analytics/log_raw_metric",
+            "http.server",
+            [("sentry-trace", header.as_str())],
+        )
     }
 
     #[test]
@@ -59,30 +99,19 @@ mod tests {
         let probe = TransactionContext::new("GET /healthz", "http.server");
         let metric = TransactionContext::new("POST /api/analytics/log_raw_metric", "http.server");
 
-        assert_eq!(sample_rate_for(&probe, 1.0, &untraced()), 0.0);
-        assert_eq!(sample_rate_for(&metric, 0.25, &untraced()), 0.25);
+        assert_eq!(sampling(1.0, true).rate_for(&probe), 0.0);
+        assert_eq!(sampling(0.25, true).rate_for(&metric), 0.25);
     }
 
     #[test]
-    fn an_incoming_sampling_decision_is_honoured() {
-        let sampled = TransactionContext::continue_from_headers(
-            "POST /api/analytics/log_raw_metric",
-            "http.server",
-            [(
-                "sentry-trace",
-                "4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1",
-            )],
-        );
-        let dropped = TransactionContext::continue_from_headers(
-            "POST /api/analytics/log_raw_metric",
-            "http.server",
-            [(
-                "sentry-trace",
-                "4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0",
-            )],
-        );
+    fn a_trusted_incoming_sampling_decision_is_honoured() {
+        assert_eq!(sampling(0.0, true).rate_for(&continued('1')), 1.0);
+        assert_eq!(sampling(1.0, true).rate_for(&continued('0')), 0.0);
+    }
 
-        assert_eq!(sample_rate_for(&sampled, 0.0, &untraced()), 1.0);
-        assert_eq!(sample_rate_for(&dropped, 1.0, &untraced()), 0.0);
+    #[test]
+    fn an_untrusted_incoming_sampling_decision_is_ignored() {
+        assert_eq!(sampling(0.0, false).rate_for(&continued('1')), 0.0);
+        assert_eq!(sampling(0.5, false).rate_for(&continued('0')), 0.5);
     }
 }

@@ -440,18 +440,37 @@ async fn every_message_is_sent_with_mentions_disabled() {
     }
 }
 
-#[tokio::test]
-async fn a_429_is_retried_after_retry_after_and_succeeds() {
+/// A fake Discord whose channel 42 answers message posts with `responses` in turn, and an
+/// app alerting its platform channel there (`tweak` adjusts the settings further).
+async fn platform_channel_answering(
+    responses: Vec<ResponseTemplate>,
+    tweak: impl FnOnce(&mut Settings),
+) -> (MockServer, Script, TestApp) {
     let discord = MockServer::start().await;
     mount_channel(&discord, "42", 0).await;
-    let script = Script::new(vec![
-        ResponseTemplate::new(429).set_body_json(
-            json!({"message": "You are being rate limited.", "retry_after": 0.5, "global": false}),
-        ),
-        ResponseTemplate::new(200).set_body_json(json!({"id": "m1"})),
-    ]);
+    let script = Script::new(responses);
     mount_script(&discord, "42", &script).await;
-    let app = spawn(&discord, |s| s.discord.platform_channel = "42".into()).await;
+    let app = spawn(&discord, |s| {
+        s.discord.platform_channel = "42".into();
+        tweak(s);
+    })
+    .await;
+    (discord, script, app)
+}
+
+/// Sends one alert that Discord answers with a 429 carrying `retry_after`, then 200;
+/// returns how long after the 429 the retry reached Discord.
+async fn retry_delay_after_a_429(retry_after: f64) -> Duration {
+    let (_discord, script, app) = platform_channel_answering(
+        vec![
+            ResponseTemplate::new(429).set_body_json(
+                json!({"message": "You are being rate limited.", "retry_after": retry_after, "global": false}),
+            ),
+            ResponseTemplate::new(200).set_body_json(json!({"id": "m1"})),
+        ],
+        |_| {},
+    )
+    .await;
 
     let (status, body, _) = alert(&app, "slow down", "platform").await;
 
@@ -459,8 +478,68 @@ async fn a_429_is_retried_after_retry_after_and_succeeds() {
     let times = script.times();
     assert_eq!(times.len(), 2);
     let delay = times[1] - times[0];
-    eprintln!("measured: retry came {delay:?} after a 429 with retry_after 0.5");
+    eprintln!("measured: retry came {delay:?} after a 429 with retry_after {retry_after}");
+    delay
+}
+
+#[tokio::test]
+async fn a_429_is_retried_after_retry_after_and_succeeds() {
+    let delay = retry_delay_after_a_429(0.5).await;
+
     assert!(delay >= Duration::from_millis(500), "{delay:?}");
+}
+
+#[tokio::test]
+async fn a_429_with_retry_after_zero_still_waits_a_moment() {
+    let delay = retry_delay_after_a_429(0.0).await;
+
+    assert!(delay >= Duration::from_millis(100), "{delay:?}");
+}
+
+#[tokio::test]
+async fn a_message_post_that_timed_out_is_retried_with_the_same_nonce() {
+    let (discord, _script, app) = platform_channel_answering(
+        vec![
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"id": "m1"}))
+                .set_delay(Duration::from_secs(3)),
+            ResponseTemplate::new(200).set_body_json(json!({"id": "m1"})),
+        ],
+        |s| s.discord.request_timeout_ms = 300,
+    )
+    .await;
+
+    let (status, body, _) = alert(&app, "posted once", "platform").await;
+
+    assert_eq!(status, 200, "{body}");
+    let bodies = posted(&discord, "42").await;
+    assert_eq!(bodies.len(), 2);
+    let nonce = bodies[0]["nonce"].as_str().expect("a string nonce");
+    assert!(!nonce.is_empty() && nonce.len() <= 25, "{nonce}");
+    for body in &bodies {
+        assert_eq!(body["nonce"], nonce, "{body}");
+        assert_eq!(body["enforce_nonce"], true, "{body}");
+    }
+}
+
+#[tokio::test]
+async fn after_a_failed_alert_the_identical_next_one_is_sent_not_suppressed() {
+    let (_discord, script, app) = platform_channel_answering(
+        vec![
+            ResponseTemplate::new(500),
+            ResponseTemplate::new(200).set_body_json(json!({"id": "m1"})),
+        ],
+        |s| s.discord.max_retries = 0,
+    )
+    .await;
+
+    let (first, _, _) = alert(&app, "disk full on db-1", "platform").await;
+    let (second, body, _) = alert(&app, "disk full on db-1", "platform").await;
+
+    assert_eq!(first, 503);
+    assert_eq!(second, 200, "{body}");
+    assert_eq!(body["status"], "Message sent");
+    assert_eq!(script.times().len(), 2);
 }
 
 #[tokio::test]

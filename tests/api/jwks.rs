@@ -3,6 +3,8 @@
 use base64::Engine;
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use std::time::{Duration, Instant};
+
 use serde_json::{Value, json};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -300,4 +302,50 @@ async fn an_unreachable_key_server_answers_503_while_hmac_tokens_still_work() {
         json!({"detail": "Signing keys are unavailable; retry later"})
     );
     assert_eq!(hmac_status, 200);
+}
+
+#[tokio::test]
+async fn old_keys_are_served_at_once_while_one_background_fetch_replaces_them() {
+    let server = MockServer::start().await;
+    let es = TestKey::es256("ec-a", "es256_a.pem");
+    serve_keys(&server, vec![es.jwk()]).await;
+    let url = format!("{}/jwks.json", server.uri());
+    let app = TestApp::spawn_with(Backend::Sqlite, |s| {
+        s.auth.jwks_url = Some(url);
+        s.auth.jwt_verify_key = None;
+        s.auth.jwks_max_age_secs = 0;
+        s.auth.jwks_min_refresh_secs = 0;
+        s.auth.jwks_timeout_ms = 30_000;
+    })
+    .await;
+    server.reset().await;
+    let key_server_delay = Duration::from_secs(10);
+    Mock::given(method("GET"))
+        .and(path("/jwks.json"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({ "keys": [es.jwk()] }))
+                .set_delay(key_server_delay),
+        )
+        .mount(&server)
+        .await;
+
+    let started = Instant::now();
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        statuses.push(send(&app, &es.token("u")).await.0);
+    }
+    let answered_in = started.elapsed();
+    let poll_until = Instant::now() + Duration::from_secs(10);
+    while fetches(&server).await == 0 && Instant::now() < poll_until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    eprintln!("measured: 5 requests with old keys answered in {answered_in:?}");
+    assert!(
+        answered_in < key_server_delay / 2,
+        "no request waited on the key server: {answered_in:?}"
+    );
+    assert_eq!(fetches(&server).await, 1, "one background fetch at a time");
 }

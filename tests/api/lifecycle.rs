@@ -80,10 +80,12 @@ async fn a_broken_schema_gives_500_with_a_safe_message() {
     );
 }
 
-#[tokio::test]
-async fn prisma_schema_parameter_puts_the_tables_in_that_schema() {
+/// Posts one metric through an app whose database URL ends in `?{query}`, then counts
+/// that metric's row in `table` (a qualified name, read on a plain connection).
+async fn metric_rows_in(query: &str, table: &str) -> i64 {
     let database = TestDatabase::create(Backend::Postgres).await;
-    let url = format!("{}?schema=platform&connect_timeout=5", database.url());
+    let plain_url = database.url();
+    let url = format!("{plain_url}?{query}");
     let app = TestApp::start(test_settings(&url), Some(database), Arc::new(SystemClock)).await;
 
     let response = app
@@ -92,15 +94,39 @@ async fn prisma_schema_parameter_puts_the_tables_in_that_schema() {
 
     assert_eq!(response.status(), 200);
     let id: String = response.json().await.unwrap();
-    let plain_url = url.split('?').next().unwrap().to_owned();
     let mut conn = sqlx::PgConnection::connect(&plain_url).await.unwrap();
-    let (count,): (i64,) =
-        sqlx::query_as(r#"select count(*) from platform."AnalyticsMetrics" where "id" = $1"#)
-            .bind(&id)
-            .fetch_one(&mut conn)
-            .await
-            .unwrap();
-    assert_eq!(count, 1);
+    let count_in_table = format!(r#"select count(*) from {table} where "id" = $1"#);
+    let (count,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(count_in_table))
+        .bind(&id)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    count
+}
+
+#[tokio::test]
+async fn prisma_schema_parameter_puts_the_tables_in_that_schema() {
+    let rows = metric_rows_in(
+        "schema=platform&connect_timeout=5",
+        r#"platform."AnalyticsMetrics""#,
+    )
+    .await;
+
+    assert_eq!(rows, 1);
+}
+
+#[tokio::test]
+async fn a_schema_name_with_capitals_keeps_its_case() {
+    let rows = metric_rows_in("schema=MySchema", r#""MySchema"."AnalyticsMetrics""#).await;
+
+    assert_eq!(rows, 1);
+}
+
+#[tokio::test]
+async fn pgbouncer_parameter_is_accepted_and_rows_are_written() {
+    let rows = metric_rows_in("pgbouncer=true", r#"public."AnalyticsMetrics""#).await;
+
+    assert_eq!(rows, 1);
 }
 
 #[tokio::test]

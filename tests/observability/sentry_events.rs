@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use analytics_service::settings::Settings;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 use sqlx::{Connection, Executor};
@@ -23,7 +24,7 @@ fn metric_body() -> Value {
 }
 
 /// Settings pointing at `fake`, tracing everything, with secrets worth leaking.
-fn with_sentry(fake: &FakeSentry) -> impl FnOnce(&mut analytics_service::settings::Settings) {
+fn with_sentry(fake: &FakeSentry) -> impl FnOnce(&mut Settings) {
     let dsn = fake.dsn();
     move |settings| {
         settings.sentry.dsn = SecretString::from(dsn);
@@ -45,10 +46,23 @@ async fn spawn(
     backend: Backend,
     fake: &FakeSentry,
 ) -> (analytics_service::telemetry::TelemetryGuard, TestApp) {
+    spawn_with(backend, fake, |_| {}).await
+}
+
+/// As `spawn`, with `tweak` applied to the settings after `with_sentry`.
+async fn spawn_with(
+    backend: Backend,
+    fake: &FakeSentry,
+    tweak: impl Fn(&mut Settings),
+) -> (analytics_service::telemetry::TelemetryGuard, TestApp) {
+    let configure = |settings: &mut Settings| {
+        with_sentry(fake)(settings);
+        tweak(settings);
+    };
     let mut settings = crate::helpers::test_settings("sqlite://unused");
-    with_sentry(fake)(&mut settings);
+    configure(&mut settings);
     let guard = start_telemetry(&settings);
-    let app = TestApp::spawn_with(backend, with_sentry(fake)).await;
+    let app = TestApp::spawn_with(backend, configure).await;
     (guard, app)
 }
 
@@ -205,6 +219,85 @@ async fn every_request_is_a_transaction_named_by_its_route_template_continuing_t
         "TRANSACTION {}",
         serde_json::to_string_pretty(transaction).unwrap()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transactions_url_reaches_sentry_without_its_query_string() {
+    let _serial = serial().await;
+    let fake = FakeSentry::start().await;
+    let (telemetry, app) = spawn(Backend::Sqlite, &fake).await;
+    let token = app.token("u");
+
+    let response = app
+        .client
+        .post(format!("{}?token={token}&page=2", app.url(METRIC)))
+        .bearer_auth(&token)
+        .json(&metric_body())
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(response.status(), 200);
+    assert!(telemetry.flush(FLUSH));
+    assert!(eventually(5, || !fake.transactions().is_empty()).await);
+    let transaction = &fake.transactions()[0];
+    let url = transaction["request"]["url"].as_str().unwrap();
+    assert!(url.ends_with(METRIC), "{url}");
+    let raw: Vec<u8> = fake.raw().concat();
+    let raw = String::from_utf8_lossy(&raw);
+    assert!(!raw.contains(&token), "the token in the query was sent");
+    assert!(!raw.contains("page=2"), "the query string was sent");
+}
+
+/// Sends one metric carrying a sampled `sentry-trace` to an app whose own rate is 0 and
+/// which trusts incoming traces or not, then one message as a control that envelopes
+/// arrive; returns the transactions Sentry received once that message is in.
+async fn transactions_after_a_sampled_incoming_trace(trust_incoming_traces: bool) -> usize {
+    let fake = FakeSentry::start().await;
+    let (telemetry, app) = spawn_with(Backend::Sqlite, &fake, |settings| {
+        settings.sentry.traces_sample_rate = 0.0;
+        settings.sentry.trust_incoming_traces = trust_incoming_traces;
+    })
+    .await;
+
+    let response = app
+        .client
+        .post(app.url(METRIC))
+        .bearer_auth(app.token("u"))
+        .header(
+            "sentry-trace",
+            "4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1",
+        )
+        .json(&metric_body())
+        .send()
+        .await
+        .unwrap();
+    // Queued after the transaction, which is finished before the response is sent.
+    sentry::capture_message("control", sentry::Level::Error);
+
+    assert_eq!(response.status(), 200);
+    assert!(telemetry.flush(FLUSH));
+    assert!(eventually(5, || !fake.events().is_empty()).await);
+    fake.transactions().len()
+}
+
+// One test each: a runtime's worker threads keep the Sentry hub of the first client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_incoming_sampled_trace_forces_no_transaction_by_default() {
+    let _serial = serial().await;
+
+    let transactions = transactions_after_a_sampled_incoming_trace(false).await;
+
+    assert_eq!(transactions, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_incoming_sampled_trace_forces_a_transaction_when_trusted() {
+    let _serial = serial().await;
+
+    let transactions = transactions_after_a_sampled_incoming_trace(true).await;
+
+    assert_eq!(transactions, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

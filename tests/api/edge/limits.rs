@@ -111,6 +111,13 @@ fn gzip(data: &[u8]) -> Vec<u8> {
     encoder.finish().unwrap()
 }
 
+/// HTTP's `deflate` is the zlib format (RFC 9110 §8.4.1.2), not a raw deflate stream.
+fn deflate(data: &[u8]) -> Vec<u8> {
+    let mut encoder = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+    encoder.write_all(data).unwrap();
+    encoder.finish().unwrap()
+}
+
 fn brotli(data: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     {
@@ -125,10 +132,15 @@ fn zstd(data: &[u8]) -> Vec<u8> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn gzip_brotli_and_zstd_bodies_are_decompressed_and_stored() {
+async fn gzip_deflate_brotli_and_zstd_bodies_are_decompressed_and_stored() {
     let app = TestApp::spawn(Backend::Sqlite).await;
     let token = app.token("user-enc");
-    let encoders: [(&str, Encoder); 3] = [("gzip", gzip), ("br", brotli), ("zstd", zstd)];
+    let encoders: [(&str, Encoder); 4] = [
+        ("gzip", gzip),
+        ("deflate", deflate),
+        ("br", brotli),
+        ("zstd", zstd),
+    ];
     for (encoding, encode) in encoders {
         let body = json!({"type": encoding, "data": {"k": "v"}, "data_index": "i"});
 

@@ -493,7 +493,10 @@ mod tests {
         let writer = writer_connect_options(&options, Duration::from_millis(2500));
 
         let startup = writer.get_options().unwrap();
-        assert!(startup.starts_with("-c search_path=platform "), "{startup}");
+        assert!(
+            startup.starts_with("-c search_path=\"platform\" "),
+            "{startup}"
+        );
         assert!(startup.contains("-c statement_timeout=2500 "), "{startup}");
         assert!(startup.contains("-c tcp_keepalives_idle=30"), "{startup}");
     }

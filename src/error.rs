@@ -9,10 +9,8 @@ use serde_json::json;
 
 use crate::auth::AuthError;
 use crate::domain::{DetailBudget, FieldError};
+use crate::edge::limits::{RETRY_AFTER_SECS, retry_later};
 use crate::store::StoreError;
-
-/// Seconds a client is told to wait (`Retry-After`) when the database is unavailable.
-pub const STORAGE_RETRY_AFTER_SECS: u64 = 1;
 
 /// A failed request; `IntoResponse` picks the status and body.
 #[derive(Debug, thiserror::Error)]
@@ -71,17 +69,6 @@ impl ApiError {
     }
 }
 
-/// A 503 that a retry will help, in the storage-error shape with `Retry-After`.
-pub fn retry_later(message: &str) -> Response {
-    let body = json!({ "detail": { "message": message, "hint": "Retry the request later." }});
-    let mut response = (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
-    response.headers_mut().insert(
-        header::RETRY_AFTER,
-        HeaderValue::from(STORAGE_RETRY_AFTER_SECS),
-    );
-    response
-}
-
 fn detail(status: StatusCode, text: impl Into<String>) -> Response {
     (status, Json(json!({ "detail": text.into() }))).into_response()
 }
@@ -89,24 +76,7 @@ fn detail(status: StatusCode, text: impl Into<String>) -> Response {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         match self {
-            ApiError::Auth(err @ AuthError::ImpersonationForbidden) => {
-                detail(StatusCode::FORBIDDEN, err.to_string())
-            }
-            ApiError::Auth(err @ AuthError::KeysUnavailable { retry_after_secs }) => {
-                let mut response = detail(StatusCode::SERVICE_UNAVAILABLE, err.to_string());
-                response.headers_mut().insert(
-                    header::RETRY_AFTER,
-                    HeaderValue::from(retry_after_secs.max(1)),
-                );
-                response
-            }
-            ApiError::Auth(err) => {
-                let mut response = detail(StatusCode::UNAUTHORIZED, err.to_string());
-                response
-                    .headers_mut()
-                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-                response
-            }
+            ApiError::Auth(err) => err.into_response(),
             ApiError::Invalid {
                 request_line,
                 errors,
@@ -178,10 +148,9 @@ fn storage_response(source: Arc<StoreError>, hint: &'static str) -> Response {
         .extensions_mut()
         .insert(StorageFailure(source.to_string()));
     if status == StatusCode::SERVICE_UNAVAILABLE {
-        response.headers_mut().insert(
-            header::RETRY_AFTER,
-            HeaderValue::from(STORAGE_RETRY_AFTER_SECS),
-        );
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
     }
     response
 }

@@ -1,7 +1,8 @@
 //! `Idempotency-Key` on the analytics endpoints: a replay of a request by the same user
 //! answers the first request's id and stores nothing new; the same key with another body
 //! is a 422. The store decides races (see `store::IdempotencyClaim`); this module reads
-//! the header, hashes the validated body and maps the outcome to an answer.
+//! the header, hashes the validated body and says what happened ([`Keyed`]); the route
+//! turns that into an answer.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -14,11 +15,12 @@ use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 use tokio::task::JoinHandle;
 
+use serde::Deserialize;
+use serde_with::{DurationSeconds, serde_as};
+
 use crate::clock::Clock;
 use crate::domain::{FieldError, NewAnalyticsEvent, NewMetric};
-use crate::error::ApiError;
-use crate::routes::json::RequestLine;
-use crate::store::{EventRow, IdempotencyClaim, IdempotentInsert, MetricRow, Store};
+use crate::store::{EventRow, IdempotencyClaim, IdempotentInsert, MetricRow, Store, StoreError};
 
 /// The request header that carries the key.
 pub const HEADER: &str = "idempotency-key";
@@ -48,17 +50,17 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyHeader {
 }
 
 impl IdempotencyHeader {
-    /// The claim for the body's hash, `None` without the header; a malformed key is a 422.
-    /// The hash is computed only when there is a key: most requests carry none.
+    /// The claim for the body's hash, `Ok(None)` without the header, `Err` with the field
+    /// error of a malformed key. The hash is computed only when there is a key: most
+    /// requests carry none.
     fn claim(
         &self,
-        request: &RequestLine,
         body_hash: impl FnOnce() -> String,
         expired_before: NaiveDateTime,
-    ) -> Result<Option<IdempotencyClaim>, ApiError> {
+    ) -> Result<Option<IdempotencyClaim>, FieldError> {
         match &self.0 {
             None => Ok(None),
-            Some(Err(raw)) => Err(request.invalid(vec![invalid_key(raw)])),
+            Some(Err(raw)) => Err(invalid_key(raw)),
             Some(Ok(key)) => Ok(Some(IdempotencyClaim {
                 key: key.clone(),
                 body_hash: body_hash(),
@@ -68,16 +70,57 @@ impl IdempotencyHeader {
     }
 }
 
+/// `[idempotency]` settings.
+#[serde_as]
+#[derive(Debug, Clone, Copy, Deserialize)]
+pub struct Config {
+    /// A key older than this is forgotten: the same key then stores a new row.
+    #[serde_as(as = "DurationSeconds<u64>")]
+    #[serde(rename = "retention_secs")]
+    pub retention: Duration,
+}
+
+impl Config {
+    /// Checks what the types cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.retention.is_zero() {
+            return Err("idempotency.retention_secs must be at least 1".to_owned());
+        }
+        Ok(())
+    }
+}
+
+/// What a request's `Idempotency-Key` came to.
+#[derive(Debug)]
+pub enum Keyed {
+    /// No key: the caller stores the row the usual way.
+    NoKey,
+    /// The row was stored under the key; its id.
+    Stored(String),
+    /// The key was used before with the same body: the first request's id, nothing stored.
+    Replayed(String),
+    /// The key is malformed (a 422 at the header).
+    Invalid(FieldError),
+    /// The key was used before with another body (a 422 at the header).
+    Conflict(FieldError),
+}
+
 /// How long keys live, and the clock that says when they were made.
 #[derive(Clone)]
 pub struct Idempotency {
-    /// A key older than this is forgotten: the same key then stores a new row.
-    pub retention: Duration,
-    /// "Now", shared with the handlers.
-    pub clock: Arc<dyn Clock>,
+    retention: Duration,
+    clock: Arc<dyn Clock>,
 }
 
 impl Idempotency {
+    /// Keys kept for `config.retention`, aged by `clock`.
+    pub fn new(config: &Config, clock: Arc<dyn Clock>) -> Self {
+        Idempotency {
+            retention: config.retention,
+            clock,
+        }
+    }
+
     fn expired_before(&self, now: DateTime<Utc>) -> NaiveDateTime {
         let retention = chrono::Duration::from_std(self.retention).unwrap_or(chrono::Duration::MAX);
         now.checked_sub_signed(retention)
@@ -86,22 +129,21 @@ impl Idempotency {
             .trunc_subsecs(3)
     }
 
-    /// Stores the metric under the request's key, or answers the first request's id.
-    /// `Ok(None)` when the request has no key: the caller stores it the usual way.
+    /// Stores the metric under the request's key, or finds the first request's id.
     pub async fn store_metric(
         &self,
         store: &dyn Store,
         header: &IdempotencyHeader,
-        request: &RequestLine,
         row: &MetricRow,
-    ) -> Result<Option<String>, IdempotencyError> {
+    ) -> Result<Keyed, StoreError> {
         let hash = || metric_hash(&row.metric);
-        let Some(claim) = header.claim(request, hash, self.expired_before(self.clock.now()))?
-        else {
-            return Ok(None);
+        let claim = match header.claim(hash, self.expired_before(self.clock.now())) {
+            Ok(Some(claim)) => claim,
+            Ok(None) => return Ok(Keyed::NoKey),
+            Err(invalid) => return Ok(Keyed::Invalid(invalid)),
         };
         let outcome = store.insert_metric_idempotent(row, &claim).await?;
-        answer(outcome, row.id.to_string(), &claim, request).map(Some)
+        Ok(keyed(outcome, row.id.to_string(), &claim))
     }
 
     /// As `store_metric`, for an analytics event.
@@ -109,16 +151,16 @@ impl Idempotency {
         &self,
         store: &dyn Store,
         header: &IdempotencyHeader,
-        request: &RequestLine,
         row: &EventRow,
-    ) -> Result<Option<String>, IdempotencyError> {
+    ) -> Result<Keyed, StoreError> {
         let hash = || event_hash(&row.event);
-        let Some(claim) = header.claim(request, hash, self.expired_before(self.clock.now()))?
-        else {
-            return Ok(None);
+        let claim = match header.claim(hash, self.expired_before(self.clock.now())) {
+            Ok(Some(claim)) => claim,
+            Ok(None) => return Ok(Keyed::NoKey),
+            Err(invalid) => return Ok(Keyed::Invalid(invalid)),
         };
         let outcome = store.insert_event_idempotent(row, &claim).await?;
-        answer(outcome, row.id.to_string(), &claim, request).map(Some)
+        Ok(keyed(outcome, row.id.to_string(), &claim))
     }
 
     /// Deletes expired keys now and then until the task is aborted.
@@ -143,51 +185,14 @@ impl Idempotency {
     }
 }
 
-/// Why an idempotent store did not answer an id: a 422 already built, or the store failed
-/// (the handler adds its endpoint's hint).
-#[derive(Debug)]
-pub enum IdempotencyError {
-    /// A bad key or a key reused with another body.
-    Rejected(ApiError),
-    /// The database failed.
-    Store(crate::store::StoreError),
-}
-
-impl From<ApiError> for IdempotencyError {
-    fn from(err: ApiError) -> Self {
-        IdempotencyError::Rejected(err)
-    }
-}
-
-impl From<crate::store::StoreError> for IdempotencyError {
-    fn from(err: crate::store::StoreError) -> Self {
-        IdempotencyError::Store(err)
-    }
-}
-
-impl IdempotencyError {
-    /// The answer, with the endpoint's hint on a storage failure.
-    pub fn into_api_error(self, hint: &'static str) -> ApiError {
-        match self {
-            IdempotencyError::Rejected(err) => err,
-            IdempotencyError::Store(err) => ApiError::storage(err, hint),
-        }
-    }
-}
-
-fn answer(
-    outcome: IdempotentInsert,
-    new_id: String,
-    claim: &IdempotencyClaim,
-    request: &RequestLine,
-) -> Result<String, IdempotencyError> {
+fn keyed(outcome: IdempotentInsert, new_id: String, claim: &IdempotencyClaim) -> Keyed {
     match outcome {
-        IdempotentInsert::Stored => Ok(new_id),
+        IdempotentInsert::Stored => Keyed::Stored(new_id),
         IdempotentInsert::Replayed { row_id } => {
             tracing::debug!("idempotent replay answered with the first request's id");
-            Ok(row_id)
+            Keyed::Replayed(row_id)
         }
-        IdempotentInsert::Conflict => Err(request.invalid(vec![conflict(&claim.key)]).into()),
+        IdempotentInsert::Conflict => Keyed::Conflict(conflict(&claim.key)),
     }
 }
 

@@ -13,6 +13,5 @@ pub mod routes;
 pub mod server;
 pub mod settings;
 pub mod startup;
-pub mod state;
 pub mod store;
 pub mod telemetry;

@@ -22,7 +22,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let _telemetry = telemetry::init(&settings);
+    let _telemetry = telemetry::init(&settings.telemetry, settings.secrets());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

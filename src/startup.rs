@@ -6,20 +6,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use secrecy::ExposeSecret;
+use secrecy::SecretString;
 use tokio::net::TcpListener;
 
-use crate::alerts::{self, Alerter};
+use crate::alerts::Alerter;
 use crate::auth::Authenticator;
 use crate::clock::{Clock, SystemClock};
 use crate::edge::Edge;
 use crate::edge::body_budget::BodyBudget;
 use crate::idempotency::Idempotency;
-use crate::ingest::{GroupCommit, GroupCommitSettings};
-use crate::routes::{RouterLimits, router};
+use crate::ingest::GroupCommit;
+use crate::routes::{AppState, Handles, router};
 use crate::server::ConnectionLimits;
 use crate::settings::Settings;
-use crate::state::{AppState, Handles};
 use crate::store::{self, Store};
 
 /// A bound, ready-to-run service.
@@ -53,95 +52,49 @@ impl Application {
             .await
             .context("database not usable")?;
         let ingest = Arc::new(
-            GroupCommit::start(
-                store.clone(),
-                GroupCommitSettings {
-                    max_batch: settings.ingest.max_batch,
-                    max_batch_bytes: settings.ingest.max_batch_bytes,
-                    max_wait: Duration::from_micros(settings.ingest.max_wait_us),
-                    queue_capacity: settings.ingest.queue_capacity,
-                    queue_capacity_bytes: settings.ingest.queue_capacity_bytes,
-                    writers_per_table: settings.ingest.writers_per_table,
-                    batch_deadline: Duration::from_millis(settings.ingest.batch_deadline_ms),
-                    stall_after: Duration::from_millis(settings.ingest.stall_after_ms),
-                },
-            )
-            .context("group-commit writer threads not started")?,
+            GroupCommit::start(store.clone(), settings.ingest)
+                .context("group-commit writer threads not started")?,
         );
-        let alerter = Alerter::from_settings(&settings.discord)
-            .context("DISCORD_API_BASE_URL is not a URL")?
-            .map(Arc::new);
-        alerts::install(alerter.clone());
         let authenticator = Arc::new(Authenticator::new(&settings.auth));
         authenticator.prefetch_keys().await;
-        let idempotency = Idempotency {
-            retention: Duration::from_secs(settings.idempotency.retention_secs),
-            clock: clock.clone(),
-        };
-        let body_budget = Arc::new(BodyBudget::new(
-            settings.server.body_budget_bytes,
-            settings.server.anonymous_body_budget_bytes,
-            Duration::from_millis(settings.server.body_budget_wait_ms),
-        ));
+        let idempotency = Idempotency::new(&settings.idempotency, clock.clone());
+        let edge = Arc::new(Edge::new(&settings.edge));
+        let body_budget = edge.body_budget.clone();
         let state = AppState::new(Handles {
             store: store.clone(),
             ingest: ingest.clone(),
             authenticator,
             clock,
-            body_limit: settings.server.body_limit_bytes,
-            body_budget: body_budget.clone(),
-            batch_max_items: settings.ingest.batch_max_items,
-            batch_turns: Arc::new(tokio::sync::Semaphore::new(
-                settings.ingest.batch_max_concurrent,
-            )),
-            batch_turn_wait: settings.database.acquire_timeout(),
-            alerts: alerter,
-            alerts_api_key: Some(settings.discord.alerts_api_key.clone())
-                .filter(|key| !key.expose_secret().trim().is_empty()),
-            edge: Arc::new(Edge::new(&settings.rate_limit, &settings.browser)),
+            batch_max_items: settings.batch.max_items,
+            batch_turns: Arc::new(tokio::sync::Semaphore::new(settings.batch.max_concurrent)),
+            batch_turn_wait: settings.database.acquire_timeout,
+            alerts: Alerter::new(&settings.alerts).map(Arc::new),
+            alerts_api_key: settings
+                .alerts
+                .alerts_api_key()
+                .map(|key| SecretString::from(key.to_owned())),
+            edge,
             idempotency: idempotency.clone(),
         });
-        let limits = RouterLimits {
-            request_timeout: Duration::from_secs(settings.server.request_timeout_secs),
-            batch_body_limit: settings.ingest.batch_body_limit_bytes,
-            serve_metrics: settings.metrics.admin_port.is_none(),
-        };
-        let address = format!("{}:{}", settings.server.host, settings.server.port);
-        let listener = TcpListener::bind(&address)
-            .await
-            .with_context(|| format!("cannot listen on {address}"))?;
-        let admin = match settings.metrics.admin_port {
-            Some(port) => {
-                let address = format!("{}:{port}", settings.server.host);
-                let listener = TcpListener::bind(&address)
-                    .await
-                    .with_context(|| format!("cannot listen on {address}"))?;
-                Some((
-                    listener,
-                    crate::routes::metrics::admin_router(state.clone()),
-                ))
-            }
+        let listener = bind(&settings.server.host, settings.server.port).await?;
+        let admin_port = settings.telemetry.metrics.admin_port;
+        let admin = match admin_port {
+            Some(port) => Some((
+                bind(&settings.server.host, port).await?,
+                crate::routes::metrics::admin_router(state.clone()),
+            )),
             None => None,
         };
         Ok(Application {
             listener,
-            router: router(state, limits),
+            router: router(state, settings.batch.body_limit_bytes, admin_port.is_none()),
             store,
             ingest,
             body_budget,
-            shutdown_timeout: Duration::from_secs(settings.server.shutdown_timeout_secs),
-            shutdown_flush: Duration::from_millis(settings.ingest.shutdown_flush_ms),
+            shutdown_timeout: settings.server.shutdown_timeout,
+            shutdown_flush: settings.ingest.shutdown_flush,
             admin,
-            connection_limits: ConnectionLimits {
-                header_read_timeout: Duration::from_secs(settings.server.header_read_timeout_secs),
-                max_connections: settings.server.max_connections,
-                max_header_bytes: settings.server.max_header_bytes,
-                keep_alive_idle: Duration::from_secs(settings.server.keep_alive_idle_secs),
-                http2_max_concurrent_streams: settings
-                    .server
-                    .http2_enabled
-                    .then_some(settings.server.http2_max_concurrent_streams),
-            },
+            connection_limits: settings.server.connection_limits(),
             idempotency,
         })
     }
@@ -231,6 +184,14 @@ impl Application {
         tracing::info!("analytics-service stopped");
         Ok(())
     }
+}
+
+/// A listener on `host:port`, naming the address when it cannot be bound.
+async fn bind(host: &str, port: u16) -> anyhow::Result<TcpListener> {
+    let address = format!("{host}:{port}");
+    TcpListener::bind(&address)
+        .await
+        .with_context(|| format!("cannot listen on {address}"))
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.

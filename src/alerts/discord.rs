@@ -12,13 +12,12 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use rand::Rng;
 use reqwest::header::{AUTHORIZATION, HeaderValue};
 use reqwest::{Method, Response, StatusCode};
-use secrecy::{ExposeSecret, SecretString};
+
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::AlertError;
 use super::split::{DISCORD_MESSAGE_LIMIT, split_message};
-use crate::settings::DiscordSettings;
+use super::{AlertError, Config};
 
 /// Discord channel types that accept messages: GUILD_TEXT and GUILD_ANNOUNCEMENT.
 const TEXT_CHANNEL_TYPES: [u64; 2] = [0, 5];
@@ -33,53 +32,14 @@ const MIN_RATE_LIMIT_WAIT: Duration = Duration::from_millis(100);
 /// What callers are told to wait after Discord could not be reached.
 const UNAVAILABLE_RETRY_AFTER: Duration = Duration::from_secs(5);
 
-/// How the client talks to Discord; built from `DiscordSettings`.
-#[derive(Debug, Clone)]
-pub struct DiscordConfig {
-    /// REST base, e.g. `https://discord.com/api/v10`.
-    pub base_url: url::Url,
-    /// The bot token (without the `Bot ` prefix).
-    pub token: SecretString,
-    /// TCP connect timeout.
-    pub connect_timeout: Duration,
-    /// Whole-request timeout.
-    pub request_timeout: Duration,
-    /// Longest a single alert may spend waiting (429s, backoff, pacing) before giving up.
-    pub wait_budget: Duration,
-    /// Retries after a 5xx or a transport failure.
-    pub max_retries: u32,
-    /// Messages a channel may receive at once before pacing starts.
-    pub channel_burst: u32,
-    /// One more message per channel per this interval (zero: no pacing).
-    pub channel_interval: Duration,
-}
-
-impl DiscordConfig {
-    /// The client's configuration, or `None` when the bot token is blank.
-    pub fn from_settings(settings: &DiscordSettings) -> Result<Option<Self>, url::ParseError> {
-        let token = settings.bot_token.expose_secret().trim();
-        if token.is_empty() {
-            return Ok(None);
-        }
-        Ok(Some(DiscordConfig {
-            base_url: url::Url::parse(settings.api_base_url.trim_end_matches('/'))?,
-            token: SecretString::from(token.to_owned()),
-            connect_timeout: Duration::from_millis(settings.connect_timeout_ms),
-            request_timeout: Duration::from_millis(settings.request_timeout_ms),
-            wait_budget: Duration::from_millis(settings.wait_budget_ms),
-            max_retries: settings.max_retries,
-            channel_burst: settings.channel_burst,
-            channel_interval: Duration::from_millis(settings.channel_interval_ms),
-        }))
-    }
-}
-
 /// A Discord REST client, built once and shared.
 pub struct DiscordClient {
     http: reqwest::Client,
     base_url: String,
     authorization: HeaderValue,
-    config: DiscordConfig,
+    /// Its wait budget and retries.
+    wait_budget: Duration,
+    max_retries: u32,
     /// Configured channel name or id → channel id.
     channels: Mutex<HashMap<String, String>>,
     /// Set by a global 429: no request leaves before this instant.
@@ -136,7 +96,7 @@ enum Attempt {
 
 impl DiscordClient {
     /// Builds the HTTP client once, with the configured timeouts.
-    pub fn new(config: DiscordConfig) -> Self {
+    pub fn new(config: &Config) -> Self {
         let http = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout)
             .timeout(config.request_timeout)
@@ -148,7 +108,7 @@ impl DiscordClient {
             .build()
             .expect("a reqwest client with timeouts and rustls always builds");
         let mut authorization =
-            HeaderValue::from_str(&format!("Bot {}", config.token.expose_secret()))
+            HeaderValue::from_str(&format!("Bot {}", config.bot_token().unwrap_or_default()))
                 .unwrap_or_else(|_| HeaderValue::from_static("Bot invalid-token"));
         authorization.set_sensitive(true);
         let pacing = Quota::with_period(config.channel_interval).map(|quota| {
@@ -157,9 +117,10 @@ impl DiscordClient {
         });
         DiscordClient {
             http,
-            base_url: config.base_url.as_str().trim_end_matches('/').to_owned(),
+            base_url: config.base_url().to_owned(),
             authorization,
-            config,
+            wait_budget: config.wait_budget,
+            max_retries: config.max_retries,
             channels: Mutex::new(HashMap::new()),
             paused_until: Mutex::new(None),
             pacing,
@@ -174,7 +135,7 @@ impl DiscordClient {
         content: &str,
     ) -> Result<(String, Vec<String>), AlertError> {
         let parts = split_message(content, DISCORD_MESSAGE_LIMIT)?;
-        let deadline = Instant::now() + self.config.wait_budget;
+        let deadline = Instant::now() + self.wait_budget;
         let mut channel_id = self.resolve(target, deadline).await?;
         let mut message_ids = Vec::with_capacity(parts.len());
         let mut resolved_again = false;
@@ -361,7 +322,7 @@ impl DiscordClient {
                 Attempt::Transient(reason) => {
                     failures += 1;
                     tracing::info!(attempt = failures, reason = %reason, "Discord request failed");
-                    if failures > self.config.max_retries {
+                    if failures > self.max_retries {
                         return Err(unavailable(reason));
                     }
                     let backoff = backoff(failures);
@@ -511,18 +472,9 @@ mod tests {
 
     #[test]
     fn debug_output_never_shows_the_token() {
-        let config = DiscordConfig {
-            base_url: url::Url::parse("http://127.0.0.1:9").unwrap(),
-            token: SecretString::from("very-secret-token".to_owned()),
-            connect_timeout: Duration::from_secs(1),
-            request_timeout: Duration::from_secs(1),
-            wait_budget: Duration::from_secs(1),
-            max_retries: 0,
-            channel_burst: 1,
-            channel_interval: Duration::ZERO,
-        };
+        let config = Config::new("very-secret-token", "http://127.0.0.1:9");
 
-        let client = DiscordClient::new(config.clone());
+        let client = DiscordClient::new(&config);
 
         assert!(!format!("{client:?} {config:?}").contains("very-secret-token"));
     }

@@ -1,24 +1,23 @@
 //! Discord alerts: the platform and product channels, one REST client, flood control.
 //!
-//! `Alerter` is what the service holds (in `AppState`); `send` is the same thing for code
-//! that has no state at hand. Nothing here knows about HTTP requests to this service.
+//! `Alerter` is what the service holds (in the router's state). Nothing here knows about
+//! HTTP requests to this service.
 
+mod config;
 mod discord;
 mod flood;
 pub mod split;
 mod storage_watch;
 
-use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use serde::Deserialize;
 
-pub use discord::{DiscordClient, DiscordConfig};
+pub use config::Config;
+pub use discord::DiscordClient;
 pub use flood::{Admission, FloodGate};
 pub use split::{DISCORD_MESSAGE_LIMIT, Part, SplitError, split_message};
 pub use storage_watch::StorageWatch;
-
-use crate::settings::DiscordSettings;
 
 /// Which alert channel, as the original's `DiscordChannel`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
@@ -124,22 +123,16 @@ pub struct Alerter {
 }
 
 impl Alerter {
-    /// An alerter for the settings, or `None` when no bot token is set (alerts off).
-    pub fn from_settings(settings: &DiscordSettings) -> Result<Option<Self>, url::ParseError> {
-        let Some(config) = DiscordConfig::from_settings(settings)? else {
-            return Ok(None);
-        };
-        let window = Duration::from_millis(settings.dedupe_window_ms);
-        Ok(Some(Alerter {
+    /// An alerter for a validated config, or `None` when no bot token is set (alerts off).
+    pub fn new(config: &Config) -> Option<Self> {
+        config.bot_token()?;
+        Some(Alerter {
             client: DiscordClient::new(config),
-            platform_channel: settings.platform_channel.trim().to_owned(),
-            product_channel: settings.product_channel.trim().to_owned(),
-            flood: FloodGate::new(window),
-            storage: StorageWatch::new(
-                Duration::from_millis(settings.storage_alert_after_ms),
-                window,
-            ),
-        }))
+            platform_channel: config.platform_channel.trim().to_owned(),
+            product_channel: config.product_channel.trim().to_owned(),
+            flood: FloodGate::new(config.dedupe_window),
+            storage: StorageWatch::new(config.storage_alert_after, config.dedupe_window),
+        })
     }
 
     /// The configured channel name or id behind `channel`.
@@ -197,62 +190,28 @@ impl Alerter {
     }
 }
 
-/// The alerter `send` uses; the most recently built service installs its own.
-static INSTALLED: RwLock<Option<Arc<Alerter>>> = RwLock::new(None);
-
-/// Makes `alerter` the one `send` uses (`None`: alerts off).
-pub fn install(alerter: Option<Arc<Alerter>>) {
-    *INSTALLED.write().unwrap_or_else(|e| e.into_inner()) = alerter;
-}
-
-/// Sends an alert from anywhere in the process, as the original's `discord_send_alert`.
-pub async fn send(channel: DiscordChannel, content: &str) -> Result<Alert, AlertError> {
-    let alerter = INSTALLED
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone()
-        .ok_or(AlertError::NotConfigured)?;
-    alerter.send(channel, content).await
-}
-
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-    use std::path::PathBuf;
-
-    use secrecy::SecretString;
     use serde_json::json;
     use wiremock::matchers::{method, path};
     use wiremock::{Mock, MockServer, ResponseTemplate};
 
     use super::*;
 
-    fn settings_for(discord: &MockServer) -> DiscordSettings {
-        let config_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config");
-        let mut settings = crate::settings::load_from(&config_dir, &HashMap::new())
-            .expect("local settings load")
-            .discord;
-        settings.bot_token = SecretString::from("unit-test-token".to_owned());
-        settings.api_base_url = discord.uri();
-        settings.product_channel = "77".to_owned();
-        settings
+    fn config_for(discord: &MockServer) -> Config {
+        Config {
+            product_channel: "77".to_owned(),
+            ..Config::new("unit-test-token", &discord.uri())
+        }
     }
 
     #[test]
     fn alerts_are_off_without_a_bot_token() {
-        let mut settings = crate::settings::load_from(
-            &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config"),
-            &HashMap::new(),
-        )
-        .unwrap()
-        .discord;
-        settings.bot_token = SecretString::from("  ".to_owned());
-
-        assert!(Alerter::from_settings(&settings).unwrap().is_none());
+        assert!(Alerter::new(&Config::new("  ", "http://127.0.0.1:9")).is_none());
     }
 
     #[tokio::test]
-    async fn the_in_process_facade_sends_through_the_installed_alerter() {
+    async fn an_alert_is_sent_once_within_the_dedupe_window() {
         let discord = MockServer::start().await;
         Mock::given(method("GET"))
             .and(path("/channels/77"))
@@ -264,11 +223,15 @@ mod tests {
             .respond_with(ResponseTemplate::new(200).set_body_json(json!({"id": "m9"})))
             .mount(&discord)
             .await;
-        let alerter = Alerter::from_settings(&settings_for(&discord)).unwrap();
-        install(alerter.map(Arc::new));
+        let alerter = Alerter::new(&config_for(&discord)).expect("a bot token is set");
 
-        let outcome = send(DiscordChannel::Product, "low balance for user 42").await;
-        let blank = send(DiscordChannel::Product, " ").await;
+        let outcome = alerter
+            .send(DiscordChannel::Product, "low balance for user 42")
+            .await;
+        let again = alerter
+            .send(DiscordChannel::Product, "low balance for user 42")
+            .await;
+        let blank = alerter.send(DiscordChannel::Product, " ").await;
 
         assert_eq!(
             outcome,
@@ -277,6 +240,7 @@ mod tests {
                 message_ids: vec!["m9".to_owned()],
             })
         );
+        assert_eq!(again, Ok(Alert::Suppressed));
         assert_eq!(blank, Err(AlertError::EmptyContent));
     }
 }

@@ -13,7 +13,7 @@ use quick_cache::Weighter;
 use quick_cache::sync::Cache;
 use sha2::{Digest, Sha256};
 
-use super::Claims;
+use super::authenticator::Claims;
 
 /// Most bytes the remembered entries may hold (claims, key and bookkeeping).
 pub(super) const MAX_BYTES: u64 = 4 * 1024 * 1024;

@@ -1,13 +1,60 @@
-//! Settings of the edge protections: `[rate_limit]` and `[browser]`.
+//! Settings of the edge protections: `[rate_limit]`, `[browser]`, and the request limits
+//! of `[server]` (body sizes, the body budget, the request timeout).
+
+use std::time::Duration;
 
 use serde::Deserialize;
+use serde_with::{DurationMilliSeconds, DurationSeconds, serde_as};
 
-use crate::settings::SettingsError;
+/// Everything the edge is built from.
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    /// `[rate_limit]`.
+    pub rate_limit: RateLimitConfig,
+    /// `[browser]`.
+    pub browser: BrowserConfig,
+    /// The request limits of `[server]`.
+    pub requests: RequestLimits,
+}
+
+/// What one request may hold and take (`[server]`).
+#[serde_as]
+#[derive(Debug, Clone, Deserialize)]
+pub struct RequestLimits {
+    /// Largest accepted request body of the single-event routes, in bytes.
+    pub body_limit_bytes: usize,
+    /// Request-body bytes (decompressed) held in memory at once by authenticated requests.
+    pub body_budget_bytes: usize,
+    /// The same for requests whose caller failed authentication.
+    pub anonymous_body_budget_bytes: usize,
+    /// How long a body waits for room in its budget before the request gets 503.
+    #[serde_as(as = "DurationMilliSeconds<u64>")]
+    #[serde(rename = "body_budget_wait_ms")]
+    pub body_budget_wait: Duration,
+    /// A request running longer than this is answered 503.
+    #[serde_as(as = "DurationSeconds<u64>")]
+    #[serde(rename = "request_timeout_secs")]
+    pub request_timeout: Duration,
+}
+
+impl Default for RequestLimits {
+    /// The values of `config/default.toml`.
+    fn default() -> Self {
+        RequestLimits {
+            body_limit_bytes: 1024 * 1024,
+            body_budget_bytes: 256 * 1024 * 1024,
+            anonymous_body_budget_bytes: 32 * 1024 * 1024,
+            body_budget_wait: Duration::from_millis(250),
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
 
 /// Token-bucket rate limits (`[rate_limit]`); a rate of 0 turns that limit off.
+#[serde_as]
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
-pub struct RateLimitSettings {
+pub struct RateLimitConfig {
     /// Count would-be refusals in the metrics but let every request through.
     pub dry_run: bool,
     /// Requests per second refilled per client IP (before auth).
@@ -23,13 +70,15 @@ pub struct RateLimitSettings {
     pub trusted_proxy_hops: usize,
     /// Failed `X-API-Key` attempts a client may make at once (0: unlimited).
     pub api_key_failure_burst: u32,
-    /// Then one more failure per this many seconds.
-    pub api_key_failure_interval_secs: u64,
+    /// Then one more failure per this interval.
+    #[serde_as(as = "DurationSeconds<u64>")]
+    #[serde(rename = "api_key_failure_interval_secs")]
+    pub api_key_failure_interval: Duration,
 }
 
-impl Default for RateLimitSettings {
+impl Default for RateLimitConfig {
     fn default() -> Self {
-        RateLimitSettings {
+        RateLimitConfig {
             dry_run: false,
             ip_per_second: 200.0,
             ip_burst: 400,
@@ -37,35 +86,38 @@ impl Default for RateLimitSettings {
             user_burst: 1000,
             trusted_proxy_hops: 0,
             api_key_failure_burst: 10,
-            api_key_failure_interval_secs: 6,
+            api_key_failure_interval: Duration::from_secs(6),
         }
     }
 }
 
 /// Browser ingestion (`[browser]`): CORS and `navigator.sendBeacon`.
+#[serde_as]
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
-pub struct BrowserSettings {
+pub struct BrowserConfig {
     /// Comma-separated origins allowed to call with credentials, e.g.
     /// `https://platform.agpt.co,http://localhost:3000`; empty: no CORS headers at all.
     pub allowed_origins: String,
     /// How long browsers may cache a preflight answer (`Access-Control-Max-Age`).
-    pub preflight_max_age_secs: u64,
+    #[serde_as(as = "DurationSeconds<u64>")]
+    #[serde(rename = "preflight_max_age_secs")]
+    pub preflight_max_age: Duration,
     /// `log_raw_analytics` also accepts a `text/plain` JSON body carrying the JWT in `token`.
     pub beacon_enabled: bool,
 }
 
-impl Default for BrowserSettings {
+impl Default for BrowserConfig {
     fn default() -> Self {
-        BrowserSettings {
+        BrowserConfig {
             allowed_origins: String::new(),
-            preflight_max_age_secs: 600,
+            preflight_max_age: Duration::from_secs(600),
             beacon_enabled: false,
         }
     }
 }
 
-impl BrowserSettings {
+impl BrowserConfig {
     /// The allowed origins, trimmed, without empty entries.
     pub fn origins(&self) -> Vec<&str> {
         self.allowed_origins
@@ -76,9 +128,30 @@ impl BrowserSettings {
     }
 }
 
-/// Checks the edge settings; called from `Settings::validate`.
-pub fn validate(rate: &RateLimitSettings, browser: &BrowserSettings) -> Result<(), SettingsError> {
-    let invalid = |msg: String| Err(SettingsError::Invalid(msg));
+impl Config {
+    /// Checks what the types cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        validate(&self.rate_limit, &self.browser)?;
+        let requests = &self.requests;
+        if requests.body_limit_bytes == 0 {
+            return Err("server.body_limit_bytes must be at least 1".to_owned());
+        }
+        // A budget smaller than one allowed body would refuse that body forever.
+        if requests.anonymous_body_budget_bytes < requests.body_limit_bytes {
+            return Err(
+                "server.anonymous_body_budget_bytes must hold server.body_limit_bytes".to_owned(),
+            );
+        }
+        if requests.request_timeout.is_zero() {
+            return Err("server.request_timeout_secs must be at least 1".to_owned());
+        }
+        Ok(())
+    }
+}
+
+/// Checks the rate limits and browser origins.
+fn validate(rate: &RateLimitConfig, browser: &BrowserConfig) -> Result<(), String> {
+    let invalid = |msg: String| Err(msg);
     for (name, per_second, burst) in [
         ("ip", rate.ip_per_second, rate.ip_burst),
         ("user", rate.user_per_second, rate.user_burst),
@@ -111,10 +184,10 @@ pub fn validate(rate: &RateLimitSettings, browser: &BrowserSettings) -> Result<(
 mod tests {
     use super::*;
 
-    fn browser(origins: &str) -> BrowserSettings {
-        BrowserSettings {
+    fn browser(origins: &str) -> BrowserConfig {
+        BrowserConfig {
             allowed_origins: origins.to_owned(),
-            ..BrowserSettings::default()
+            ..BrowserConfig::default()
         }
     }
 
@@ -126,7 +199,7 @@ mod tests {
             ok.origins(),
             ["https://a.example.com", "http://localhost:3000"]
         );
-        assert!(validate(&RateLimitSettings::default(), &ok).is_ok());
+        assert!(validate(&RateLimitConfig::default(), &ok).is_ok());
         for bad in [
             "*",
             "a.example.com",
@@ -135,7 +208,7 @@ mod tests {
             "ftp://a.example.com",
         ] {
             assert!(
-                validate(&RateLimitSettings::default(), &browser(bad)).is_err(),
+                validate(&RateLimitConfig::default(), &browser(bad)).is_err(),
                 "{bad} is refused"
             );
         }
@@ -143,18 +216,18 @@ mod tests {
 
     #[test]
     fn negative_rates_and_empty_buckets_are_refused() {
-        let negative = RateLimitSettings {
+        let negative = RateLimitConfig {
             ip_per_second: -1.0,
-            ..RateLimitSettings::default()
+            ..RateLimitConfig::default()
         };
-        let no_burst = RateLimitSettings {
+        let no_burst = RateLimitConfig {
             user_burst: 0,
-            ..RateLimitSettings::default()
+            ..RateLimitConfig::default()
         };
-        let off = RateLimitSettings {
+        let off = RateLimitConfig {
             user_per_second: 0.0,
             user_burst: 0,
-            ..RateLimitSettings::default()
+            ..RateLimitConfig::default()
         };
 
         assert!(validate(&negative, &browser("")).is_err());

@@ -1,11 +1,9 @@
 //! CORS for the allowed browser origins, with credentials.
 
-use std::time::Duration;
-
 use axum::http::{HeaderName, HeaderValue, Method, header};
 use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 
-use super::config::BrowserSettings;
+use super::config::BrowserConfig;
 
 /// Response headers a browser script may read: the retry advice of 429 and 503.
 const EXPOSED: [HeaderName; 4] = [
@@ -16,7 +14,7 @@ const EXPOSED: [HeaderName; 4] = [
 ];
 
 /// The CORS layer for the allowlist; `None` when no origin is allowed (no CORS headers).
-pub fn layer(settings: &BrowserSettings) -> Option<CorsLayer> {
+pub fn layer(settings: &BrowserConfig) -> Option<CorsLayer> {
     let origins: Vec<HeaderValue> = settings
         .origins()
         .into_iter()
@@ -34,6 +32,6 @@ pub fn layer(settings: &BrowserSettings) -> Option<CorsLayer> {
             // code change (auth is still checked on the actual request).
             .allow_headers(AllowHeaders::mirror_request())
             .expose_headers(EXPOSED)
-            .max_age(Duration::from_secs(settings.preflight_max_age_secs)),
+            .max_age(settings.preflight_max_age),
     )
 }

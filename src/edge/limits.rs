@@ -4,13 +4,24 @@
 
 use axum::Json;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use tower::layer::util::{Identity, Stack};
 use tower::{BoxError, ServiceBuilder};
 
-use crate::error::retry_later;
+/// Seconds a client is told to wait (`Retry-After`) on a 503 that a retry will help.
+pub const RETRY_AFTER_SECS: u64 = 1;
+
+/// A 503 that a retry will help, in the storage-error shape with `Retry-After`.
+pub fn retry_later(message: &str) -> Response {
+    let body = json!({ "detail": { "message": message, "hint": "Retry the request later." }});
+    let mut response = (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+    response
+}
 
 /// The body limit of the route a request is for, read by `JsonBody` for the 413 text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

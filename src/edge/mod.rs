@@ -7,7 +7,6 @@
 //! read every answer, 429s and 413s included.
 
 pub mod api_key_guard;
-pub mod beacon;
 pub mod body_budget;
 mod client_ip;
 pub mod config;
@@ -27,12 +26,10 @@ use tower::ServiceBuilder;
 use tower_http::decompression::RequestDecompressionLayer;
 
 pub use client_ip::{client_ip, client_ip_of, limit_key};
-pub use config::{BrowserSettings, RateLimitSettings};
+pub use config::{BrowserConfig, Config, RateLimitConfig, RequestLimits};
 pub use rate_limit::{RateLimited, RateLimits};
 
-use crate::auth::Caller;
-use crate::error::ApiError;
-use crate::state::AppState;
+use body_budget::BodyBudget;
 
 /// Paths never rate limited: probes and scrapes must keep working under load.
 const UNLIMITED_PATHS: &[&str] = &["/healthz", "/readyz", "/metrics"];
@@ -43,67 +40,64 @@ pub struct Edge {
     /// Per-IP and per-user token buckets.
     pub rate_limits: RateLimits,
     /// Browser settings (CORS origins, beacon mode).
-    pub browser: BrowserSettings,
+    pub browser: BrowserConfig,
     /// Failed `X-API-Key` attempts per client.
     pub api_key_guard: api_key_guard::ApiKeyGuard,
+    /// Request-body bytes that may be held in memory at once.
+    pub body_budget: Arc<BodyBudget>,
+    /// Largest body of the single-event routes, in bytes (named in the 413).
+    pub body_limit: usize,
+    /// A request running longer than this is answered 503.
+    pub request_timeout: Duration,
 }
 
 impl Edge {
-    /// Built once at start-up from the settings.
-    pub fn new(rate_limit: &RateLimitSettings, browser: &BrowserSettings) -> Self {
+    /// Built once at start-up from a validated config.
+    pub fn new(config: &Config) -> Self {
+        let requests = &config.requests;
         Edge {
-            rate_limits: RateLimits::new(rate_limit),
-            browser: browser.clone(),
+            rate_limits: RateLimits::new(&config.rate_limit),
+            browser: config.browser.clone(),
             api_key_guard: api_key_guard::ApiKeyGuard::new(
-                rate_limit.api_key_failure_burst,
-                Duration::from_secs(rate_limit.api_key_failure_interval_secs),
+                config.rate_limit.api_key_failure_burst,
+                config.rate_limit.api_key_failure_interval,
             ),
+            body_budget: Arc::new(BodyBudget::new(
+                requests.body_budget_bytes,
+                requests.anonymous_body_budget_bytes,
+                requests.body_budget_wait,
+            )),
+            body_limit: requests.body_limit_bytes,
+            request_timeout: requests.request_timeout,
         }
     }
 }
 
-/// After auth: takes a token from the caller's per-user bucket (429 when empty).
-pub fn admit(state: &AppState, caller: Caller) -> Result<Caller, ApiError> {
-    admit_rows(state, caller, 1)
-}
-
-/// After auth, for a request that stores up to `rows` rows (a batch): one token per row,
-/// so that the limit counts what is stored.
-pub fn admit_rows(state: &AppState, caller: Caller, rows: usize) -> Result<Caller, ApiError> {
-    state.edge.rate_limits.check_user_n(&caller.user_id, rows)?;
-    Ok(caller)
-}
-
 /// Wraps `router` (all routes, fallbacks included) in the edge layers.
-pub fn harden(
-    router: Router<AppState>,
-    state: &AppState,
-    request_timeout: Duration,
-) -> Router<AppState> {
+pub fn harden<S>(router: Router<S>, edge: &Arc<Edge>) -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
     // Few `Router::layer` calls, each a composed stack (see `telemetry::http::instrument`),
     // listed outermost first. Unused middleware is left out rather than passed through.
     let router = router.layer(
         ServiceBuilder::new()
             .layer(RequestDecompressionLayer::new())
-            .layer(limits::body_limit(state.body_limit)),
+            .layer(limits::body_limit(edge.body_limit)),
     );
-    let router = if state.edge.rate_limits.limits_ips() {
-        router.layer(middleware::from_fn_with_state(
-            state.edge.clone(),
-            limit_by_ip,
-        ))
+    let router = if edge.rate_limits.limits_ips() {
+        router.layer(middleware::from_fn_with_state(edge.clone(), limit_by_ip))
     } else {
         router
     };
     router.layer(
         ServiceBuilder::new()
-            .option_layer(cors::layer(&state.edge.browser))
+            .option_layer(cors::layer(&edge.browser))
             .layer(middleware::map_response(limits::shape_empty_errors))
             .layer(HandleErrorLayer::new(limits::timed_out))
-            .timeout(request_timeout),
+            .timeout(edge.request_timeout),
     )
 }
-
 /// Before auth: one token from the client IP's bucket.
 async fn limit_by_ip(State(edge): State<Arc<Edge>>, request: Request, next: Next) -> Response {
     if !UNLIMITED_PATHS.contains(&request.uri().path()) {

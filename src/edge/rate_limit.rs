@@ -14,7 +14,8 @@ use governor::middleware::StateInformationMiddleware;
 use governor::{DefaultKeyedRateLimiter, Quota};
 use serde_json::json;
 
-use super::config::RateLimitSettings;
+use super::config::RateLimitConfig;
+use crate::auth::Caller;
 
 /// The metric counting refused (or, in dry-run, would-be refused) requests.
 pub const RATE_LIMITED_METRIC: &str = "analytics_rate_limited_total";
@@ -145,7 +146,7 @@ impl std::fmt::Debug for RateLimits {
 
 impl RateLimits {
     /// Limits as configured; a rate of 0 disables that limit.
-    pub fn new(settings: &RateLimitSettings) -> Self {
+    pub fn new(settings: &RateLimitConfig) -> Self {
         RateLimits {
             ip: Bucket::new(LimitKind::Ip, settings.ip_per_second, settings.ip_burst),
             user: Bucket::new(
@@ -167,6 +168,13 @@ impl RateLimits {
     /// Takes a token from the client IP's bucket (key: [`super::limit_key`]).
     pub fn check_ip(&self, ip: &str) -> Result<(), RateLimited> {
         self.check(self.ip.as_ref(), ip, 1)
+    }
+
+    /// After auth: takes one token per row the request stores from the caller's bucket,
+    /// so that the limit counts what is stored (429 when empty).
+    pub fn admit(&self, caller: Caller, rows: usize) -> Result<Caller, RateLimited> {
+        self.check_user_n(&caller.user_id, rows)?;
+        Ok(caller)
     }
 
     /// Takes a token from the user's bucket.
@@ -220,13 +228,13 @@ mod tests {
     use super::*;
 
     fn limits(dry_run: bool) -> RateLimits {
-        RateLimits::new(&RateLimitSettings {
+        RateLimits::new(&RateLimitConfig {
             dry_run,
             ip_per_second: 0.001,
             ip_burst: 2,
             user_per_second: 0.0,
             user_burst: 0,
-            ..RateLimitSettings::default()
+            ..RateLimitConfig::default()
         })
     }
 
@@ -246,10 +254,10 @@ mod tests {
 
     #[test]
     fn a_batch_takes_one_token_per_row() {
-        let limits = RateLimits::new(&RateLimitSettings {
+        let limits = RateLimits::new(&RateLimitConfig {
             user_per_second: 0.001,
             user_burst: 10,
-            ..RateLimitSettings::default()
+            ..RateLimitConfig::default()
         });
 
         assert!(limits.check_user_n("u", 7).is_ok());

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
-use super::{BatchRow, GroupCommitSettings, Pending};
+use super::{BatchRow, Config, Pending};
 use crate::store::RowWriter;
 
 /// Rows dropped before a batch was built because their requester had gone, by `table`.
@@ -56,11 +56,11 @@ pub(super) struct Batch<R> {
     bytes: usize,
     /// Taken off the queue but over the byte limit: it opens the next batch.
     held_over: Option<Pending<R>>,
-    settings: GroupCommitSettings,
+    settings: Config,
 }
 
 impl<R: BatchRow> Batch<R> {
-    pub(super) fn new(settings: GroupCommitSettings) -> Self {
+    pub(super) fn new(settings: Config) -> Self {
         Batch {
             rows: Vec::new(),
             bytes: 0,

@@ -74,7 +74,7 @@ async fn insert<R: BatchRow>(
             // The connection never answered: it must not be reused (nor pinged on its way
             // back to the pool, which would hang too); the next batch opens a fresh one.
             writer.discard();
-            crate::telemetry::prometheus::storage_error("unavailable");
+            crate::store::count_storage_error("unavailable");
             Err(StoreError::TimedOut)
         }
     }

@@ -16,6 +16,7 @@
 
 mod collect;
 mod commit;
+mod config;
 mod progress;
 
 use std::sync::Arc;
@@ -31,28 +32,7 @@ use collect::{Batch, Intake, collect};
 use commit::{Waiter, commit};
 use progress::Progress;
 
-/// How the writers batch.
-#[derive(Debug, Clone, Copy)]
-pub struct GroupCommitSettings {
-    /// Most rows in one transaction.
-    pub max_batch: usize,
-    /// Most (estimated) bytes of row data in one statement; a row alone always fits.
-    pub max_batch_bytes: usize,
-    /// How long a writer waits for more rows once it has one (zero: take what is queued).
-    pub max_wait: Duration,
-    /// Rows that may wait per table before requests are refused with 503.
-    pub queue_capacity: usize,
-    /// Bytes of row data (each row at its upper bound) that may wait per table before
-    /// requests are refused with 503; a row alone is always taken.
-    pub queue_capacity_bytes: usize,
-    /// Writers per table, i.e. transactions that may be in flight at once per table.
-    pub writers_per_table: usize,
-    /// Longest one batch may take, its split retries included: then its unanswered rows
-    /// get 503 and its connection is dropped. Also the writers' `statement_timeout`.
-    pub batch_deadline: Duration,
-    /// A writer that has held rows this long without a commit counts as stalled.
-    pub stall_after: Duration,
-}
+pub use config::Config;
 
 /// The outcome a waiting request receives; shared because one failure answers many.
 pub type WriteResult = Result<(), Arc<StoreError>>;
@@ -119,7 +99,7 @@ struct Queue<R> {
 
 impl<R: BatchRow> Queue<R> {
     /// The queue and the receiving end its writers share.
-    fn new(settings: GroupCommitSettings) -> (Self, Intake<R>) {
+    fn new(settings: Config) -> (Self, Intake<R>) {
         let (sender, receiver) = mpsc::channel(settings.queue_capacity.max(1));
         let bytes = Arc::new(AtomicUsize::new(0));
         let intake = Intake::new(receiver, bytes.clone());
@@ -191,7 +171,7 @@ struct Signals {
 impl GroupCommit {
     /// Starts the writers of both tables on one thread of their own; fails only when the OS
     /// refuses the thread or its runtime.
-    pub fn start(store: Arc<dyn Store>, settings: GroupCommitSettings) -> std::io::Result<Self> {
+    pub fn start(store: Arc<dyn Store>, settings: Config) -> std::io::Result<Self> {
         let (stop, stopped) = watch::channel(false);
         let (abort, aborted) = watch::channel(false);
         let unwritten = Arc::new(AtomicUsize::new(0));
@@ -290,7 +270,7 @@ fn spawn_writers<R: BatchRow>(
     store: &Arc<dyn Store>,
     intake: Intake<R>,
     progress: &[Arc<Progress>],
-    settings: GroupCommitSettings,
+    settings: Config,
     signals: &Signals,
 ) {
     let intake = Arc::new(Mutex::new(intake));
@@ -333,7 +313,7 @@ enum Finished {
 /// One writer of one table.
 struct Writer<R> {
     intake: Arc<Mutex<Intake<R>>>,
-    settings: GroupCommitSettings,
+    settings: Config,
     signals: Signals,
     progress: Arc<Progress>,
 }

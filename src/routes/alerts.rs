@@ -13,13 +13,13 @@ use subtle::ConstantTimeEq;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::AppState;
 use super::json::CheckedBody;
 use crate::alerts::{Alert, AlertError, DiscordChannel};
-use crate::auth::Caller;
+use crate::auth::{AuthError, Caller};
 use crate::domain::FieldError;
 use crate::edge::{client_ip_of, limit_key};
 use crate::error::{ApiError, StorageFailure};
-use crate::state::AppState;
 
 /// Header carrying `ALERTS_API_KEY`.
 const API_KEY_HEADER: &str = "x-api-key";
@@ -191,9 +191,12 @@ fn field_error(field: &str, kind: &'static str, msg: &str, input: &str, ctx: Val
 /// Every way the alerts endpoint can fail.
 #[derive(Debug, thiserror::Error)]
 pub enum AlertRouteError {
-    /// Auth (401/403) or a body error (422), in the service's usual shapes.
+    /// A body error (422) or a rate limit, in the service's usual shapes.
     #[error(transparent)]
     Api(#[from] ApiError),
+    /// No or a bad JWT (401/403/503), as on every route.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
     /// `X-API-Key` given but wrong, or no key configured.
     #[error("invalid API key")]
     BadApiKey,
@@ -209,6 +212,7 @@ impl IntoResponse for AlertRouteError {
     fn into_response(self) -> Response {
         match self {
             AlertRouteError::Api(err) => err.into_response(),
+            AlertRouteError::Auth(err) => err.into_response(),
             AlertRouteError::BadApiKey => {
                 (StatusCode::UNAUTHORIZED, detail(json!("Invalid API key"))).into_response()
             }
@@ -226,7 +230,8 @@ fn detail(value: Value) -> Json<Value> {
     Json(json!({ "detail": value }))
 }
 
-/// CONTRACT.md §6: 422, 503 (not configured / retry later), 502 (Discord said no).
+/// The original's answers (docs/OPERATIONS.md, "Discord alerts"): 422, 503 (not
+/// configured / retry later), 502 (Discord said no).
 fn alert_response(err: AlertError) -> Response {
     let status_text = err.to_string();
     match err {

@@ -6,14 +6,14 @@ use axum::http::HeaderMap;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::json::{CheckedBody, is_json_content_type};
-use crate::auth::Caller;
+use super::AppState;
+use super::beacon;
+use super::json::{CheckedBody, RequestLine, is_json_content_type};
+use crate::auth::{AuthError, Caller};
 use crate::domain::{NewAnalyticsEvent, NewMetric};
-use crate::edge::{admit, beacon};
 use crate::error::ApiError;
-use crate::idempotency::IdempotencyHeader;
-use crate::state::AppState;
-use crate::store::{EventRow, MetricRow};
+use crate::idempotency::{IdempotencyHeader, Keyed};
+use crate::store::{EventRow, MetricRow, StoreError};
 
 /// The original's hint on a failed metric write.
 pub(super) const METRIC_HINT: &str = "Check analytics service connection and retry.";
@@ -46,21 +46,20 @@ pub fn routes() -> OpenApiRouter<AppState> {
 #[tracing::instrument(name = "log_raw_metric", skip_all)]
 pub async fn log_raw_metric(
     State(state): State<AppState>,
-    caller: Result<Caller, ApiError>,
+    caller: Result<Caller, AuthError>,
     idempotency_key: IdempotencyHeader,
     body: CheckedBody,
 ) -> Result<Json<String>, ApiError> {
-    let caller = admit(&state, caller?)?;
+    let caller = state.edge.rate_limits.admit(caller?, 1)?;
     let body = body.parse()?;
     let metric = NewMetric::parse(&body.value).map_err(|errors| body.invalid(errors))?;
     let row = MetricRow::new(state.clock.now(), caller.user_id, metric);
     let id = row.id;
-    let keyed =
-        state
-            .idempotency
-            .store_metric(state.store.as_ref(), &idempotency_key, &body.request, &row);
-    if let Some(id) = keyed.await.map_err(|e| e.into_api_error(METRIC_HINT))? {
-        return Ok(Json(id));
+    let keyed = state
+        .idempotency
+        .store_metric(state.store.as_ref(), &idempotency_key, &row);
+    if let Some(answer) = keyed_answer(keyed.await, &body.request, METRIC_HINT) {
+        return answer;
     }
     state
         .ingest
@@ -87,7 +86,7 @@ pub async fn log_raw_metric(
 #[tracing::instrument(name = "log_raw_analytics", skip_all)]
 pub async fn log_raw_analytics(
     State(state): State<AppState>,
-    caller: Result<Caller, ApiError>,
+    caller: Result<Caller, AuthError>,
     idempotency_key: IdempotencyHeader,
     body: EventBody,
 ) -> Result<Json<String>, ApiError> {
@@ -96,7 +95,7 @@ pub async fn log_raw_analytics(
         beacon_headers,
     } = body;
     let caller = beacon::caller(&state.authenticator, caller, beacon_headers, body.bytes());
-    let caller = admit(&state, caller.await?)?;
+    let caller = state.edge.rate_limits.admit(caller.await?, 1)?;
     // Browsers send compact JSON: such an event is read straight from its bytes.
     let compact = body
         .is_json()
@@ -114,12 +113,11 @@ pub async fn log_raw_analytics(
     };
     let row = EventRow::new(state.clock.now(), caller.user_id, event);
     let id = row.id;
-    let keyed =
-        state
-            .idempotency
-            .store_event(state.store.as_ref(), &idempotency_key, &request, &row);
-    if let Some(id) = keyed.await.map_err(|e| e.into_api_error(ANALYTICS_HINT))? {
-        return Ok(Json(id));
+    let keyed = state
+        .idempotency
+        .store_event(state.store.as_ref(), &idempotency_key, &row);
+    if let Some(answer) = keyed_answer(keyed.await, &request, ANALYTICS_HINT) {
+        return answer;
     }
     state
         .ingest
@@ -127,6 +125,23 @@ pub async fn log_raw_analytics(
         .await
         .map_err(|e| ApiError::storage(e, ANALYTICS_HINT))?;
     Ok(Json(id.to_string()))
+}
+
+/// The answer an `Idempotency-Key` decided, or `None` when the request had no key (the row
+/// is then stored the usual way). Key errors are 422s at the header.
+fn keyed_answer(
+    keyed: Result<Keyed, StoreError>,
+    request: &RequestLine,
+    hint: &'static str,
+) -> Option<Result<Json<String>, ApiError>> {
+    match keyed {
+        Ok(Keyed::NoKey) => None,
+        Ok(Keyed::Stored(id) | Keyed::Replayed(id)) => Some(Ok(Json(id))),
+        Ok(Keyed::Invalid(error) | Keyed::Conflict(error)) => {
+            Some(Err(request.invalid(vec![error])))
+        }
+        Err(err) => Some(Err(ApiError::storage(err, hint))),
+    }
 }
 
 /// `log_raw_analytics`'s body, syntax checked, and the request's headers when it may be a

@@ -5,10 +5,11 @@
 use axum::Json;
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::AppState;
 use super::analytics::{ANALYTICS_HINT, METRIC_HINT};
 use super::json::CheckedBody;
 use crate::auth::Caller;
@@ -16,8 +17,44 @@ use crate::domain::{
     DetailBudget, FieldError, Location, NewAnalyticsEvent, NewMetric, parse_batch,
 };
 use crate::error::ApiError;
-use crate::state::AppState;
 use crate::store::{EventRow, MetricRow, StoreError};
+
+/// The batch endpoints' limits (the `batch_*` keys of `[ingest]`).
+#[derive(Debug, Clone, Copy, Deserialize)]
+pub struct Config {
+    /// Most items in one request.
+    #[serde(rename = "batch_max_items")]
+    pub max_items: usize,
+    /// Largest body of one request, in bytes (decompressed).
+    #[serde(rename = "batch_body_limit_bytes")]
+    pub body_limit_bytes: usize,
+    /// Requests read and stored at once; more wait for a turn (bounds memory).
+    #[serde(rename = "batch_max_concurrent")]
+    pub max_concurrent: usize,
+}
+
+impl Default for Config {
+    /// The values of `config/default.toml`.
+    fn default() -> Self {
+        Config {
+            max_items: 1000,
+            body_limit_bytes: 16 * 1024 * 1024,
+            max_concurrent: 8,
+        }
+    }
+}
+
+impl Config {
+    /// Checks what the types cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_items == 0 || self.body_limit_bytes == 0 || self.max_concurrent == 0 {
+            return Err("ingest.batch_max_items, ingest.batch_body_limit_bytes and \
+                        ingest.batch_max_concurrent must be at least 1"
+                .to_owned());
+        }
+        Ok(())
+    }
+}
 
 /// One item's outcome: `{"id": "…"}` or `{"error": [<422 error objects>]}`.
 #[derive(Debug, Serialize)]
@@ -117,7 +154,10 @@ pub async fn log_raw_metric_batch(
 ) -> Result<Json<Vec<ItemResult>>, ApiError> {
     let body = body.parse()?;
     let parsed = parse_batch(&body.value, state.batch_max_items, NewMetric::parse);
-    let caller = crate::edge::admit_rows(&state, caller, rows_charged(&parsed))?;
+    let caller = state
+        .edge
+        .rate_limits
+        .admit(caller, rows_charged(&parsed))?;
     let parsed = parsed.map_err(|errors| body.invalid(errors))?;
     let now = state.clock.now();
     let (rows, results) = plan(parsed, |metric| {
@@ -156,7 +196,10 @@ pub async fn log_raw_analytics_batch(
 ) -> Result<Json<Vec<ItemResult>>, ApiError> {
     let body = body.parse()?;
     let parsed = parse_batch(&body.value, state.batch_max_items, NewAnalyticsEvent::parse);
-    let caller = crate::edge::admit_rows(&state, caller, rows_charged(&parsed))?;
+    let caller = state
+        .edge
+        .rate_limits
+        .admit(caller, rows_charged(&parsed))?;
     let parsed = parsed.map_err(|errors| body.invalid(errors))?;
     let now = state.clock.now();
     let (rows, results) = plan(parsed, |event| {

@@ -9,8 +9,8 @@ use serde_json::json;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::error::STORAGE_RETRY_AFTER_SECS;
-use crate::state::AppState;
+use super::AppState;
+use crate::edge::limits::RETRY_AFTER_SECS;
 
 /// The unauthenticated probe routes.
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -63,9 +63,8 @@ fn unavailable(detail: &'static str) -> Response {
         Json(json!({ "detail": detail })),
     )
         .into_response();
-    response.headers_mut().insert(
-        header::RETRY_AFTER,
-        HeaderValue::from(STORAGE_RETRY_AFTER_SECS),
-    );
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
     response
 }

@@ -11,11 +11,11 @@ use axum::http::{HeaderMap, Method, Uri, header};
 use serde_json::{Map, Value};
 use tokio::sync::OwnedSemaphorePermit;
 
+use super::AppState;
 use crate::auth::Unauthenticated;
 use crate::domain::{FieldError, pyjson};
 use crate::edge::body_budget::BodyError;
 use crate::error::ApiError;
-use crate::state::AppState;
 
 /// What a 422 names (`POST /path`), kept unformatted so that valid requests never pay for
 /// the text.
@@ -201,7 +201,7 @@ impl FromRequest<AppState> for BufferedBody {
         let limit = request
             .extensions()
             .get::<crate::edge::limits::RouteBodyLimit>()
-            .map_or(state.body_limit, |limit| limit.0);
+            .map_or(state.edge.body_limit, |limit| limit.0);
         let anonymous = request.extensions().get::<Unauthenticated>().is_some();
         // A compressed body's length says nothing of what it becomes.
         let expected = (!request.headers().contains_key(header::CONTENT_ENCODING))
@@ -209,6 +209,7 @@ impl FromRequest<AppState> for BufferedBody {
             .flatten()
             .and_then(|value| value.to_str().ok()?.parse().ok());
         let held = state
+            .edge
             .body_budget
             .read(request.into_body(), limit, expected, anonymous)
             .await

@@ -6,7 +6,7 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 
-use crate::state::AppState;
+use super::AppState;
 use crate::telemetry::prometheus;
 
 /// The scrape route, for the main router or the admin listener.

@@ -2,38 +2,29 @@
 
 mod alerts;
 mod analytics;
-mod batch;
+pub mod batch;
+mod beacon;
 mod health;
 pub mod json;
 pub mod metrics;
 pub mod openapi;
-
-use std::time::Duration;
+mod state;
 
 use axum::Router;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::error::ApiError;
-use crate::state::AppState;
 
-/// Tunables of the middleware stack.
-#[derive(Debug, Clone, Copy)]
-pub struct RouterLimits {
-    /// A request running longer than this is answered 503.
-    pub request_timeout: Duration,
-    /// Largest body of a batch-endpoint request.
-    pub batch_body_limit: usize,
-    /// Serve `GET /metrics` on this router (false: it has its own admin listener).
-    pub serve_metrics: bool,
-}
+pub use state::{AppState, Handles};
 
-/// All routes with their middleware.
-pub fn router(state: AppState, limits: RouterLimits) -> Router {
-    let (routes, spec) = api_routes(limits.batch_body_limit).split_for_parts();
+/// All routes with their middleware. `serve_metrics`: also `GET /metrics` (false when it
+/// has its own admin listener).
+pub fn router(state: AppState, batch_body_limit: usize, serve_metrics: bool) -> Router {
+    let (routes, spec) = api_routes(batch_body_limit).split_for_parts();
     let routes = routes
         .merge(openapi::routes(spec))
-        .merge(if limits.serve_metrics {
+        .merge(if serve_metrics {
             metrics::routes()
         } else {
             Router::new()
@@ -49,10 +40,9 @@ pub fn router(state: AppState, limits: RouterLimits) -> Router {
     } else {
         routes
     };
-    let hardened = crate::edge::harden(routes, &state, limits.request_timeout);
+    let hardened = crate::edge::harden(routes, &state.edge);
     crate::telemetry::http::instrument(hardened).with_state(state)
 }
-
 /// Every documented route; a route added here is in `/openapi.json` automatically.
 fn api_routes(batch_body_limit: usize) -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())

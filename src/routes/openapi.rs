@@ -11,7 +11,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 use utoipa_swagger_ui::SwaggerUi;
 
-use crate::state::AppState;
+use super::AppState;
 
 /// Name of the bearer scheme operations refer to in `security(("bearerAuth" = []))`.
 pub const BEARER: &str = "bearerAuth";

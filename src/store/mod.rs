@@ -1,5 +1,6 @@
 //! Persistence behind one trait, with a PostgreSQL and an SQLite implementation.
 
+mod config;
 mod idempotency;
 mod postgres;
 mod sqlite;
@@ -13,11 +14,27 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use crate::domain::{NewAnalyticsEvent, NewMetric};
-use crate::settings::{DatabaseKind, DatabaseSettings};
+
+pub use config::{Config, DatabaseKind};
 
 pub use idempotency::{EVENT_ENDPOINT, IdempotencyClaim, IdempotentInsert, METRIC_ENDPOINT};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
+
+/// Rows committed, by `table` (a Prometheus counter; described in `telemetry`).
+pub const ROWS_STORED: &str = "analytics_rows_stored_total";
+/// Failed database calls, by `kind` (`unavailable`: a retry may help; `database`: it will not).
+pub const STORAGE_ERRORS: &str = "analytics_storage_errors_total";
+
+/// Counts `rows` committed to `table`.
+fn count_rows_stored(table: &'static str, rows: usize) {
+    metrics::counter!(ROWS_STORED, "table" => table).increment(rows as u64);
+}
+
+/// Counts one failed database call of `kind`.
+pub fn count_storage_error(kind: &'static str) {
+    metrics::counter!(STORAGE_ERRORS, "kind" => kind).increment(1);
+}
 
 /// Why a storage call failed, split by whether a retry can help.
 #[derive(Debug, thiserror::Error)]
@@ -97,10 +114,10 @@ impl From<sqlx::Error> for StoreError {
             return StoreError::UnknownUser(err);
         }
         if transport || transient_code {
-            crate::telemetry::prometheus::storage_error("unavailable");
+            count_storage_error("unavailable");
             StoreError::Unavailable(err)
         } else {
-            crate::telemetry::prometheus::storage_error("database");
+            count_storage_error("database");
             StoreError::Database(err)
         }
     }
@@ -373,12 +390,10 @@ impl PoolStats {
     }
 }
 
-/// Opens the configured database, waits for it within `startup_timeout_secs`, and applies
+/// Opens the configured database, waits for it within `startup_timeout`, and applies
 /// the migrations when `run_migrations` is set.
-pub async fn connect(settings: &DatabaseSettings) -> Result<Arc<dyn Store>, StoreError> {
-    let kind = settings
-        .kind()
-        .map_err(|e| StoreError::InvalidUrl(e.to_string()))?;
+pub async fn connect(settings: &Config) -> Result<Arc<dyn Store>, StoreError> {
+    let kind = settings.kind().map_err(StoreError::InvalidUrl)?;
     let store: Arc<dyn Store> = match kind {
         DatabaseKind::Postgres => Arc::new(PgStore::connect(settings).await?),
         DatabaseKind::Sqlite => Arc::new(SqliteStore::connect(settings).await?),

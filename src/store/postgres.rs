@@ -12,12 +12,12 @@ use sqlx::types::Json;
 use sqlx::{Connection, PgConnection, Postgres};
 use url::Url;
 
+use super::Config;
 use super::{
     BatchStatements, EventRow, HeldConnection, MetricRow, PoolStats, RowWriter, Store, StoreError,
     StoredEvent, StoredMetric, wait_until_ready,
 };
 use super::{EVENT_ENDPOINT, IdempotencyClaim, IdempotentInsert, METRIC_ENDPOINT, idempotency};
-use crate::settings::DatabaseSettings;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 
@@ -93,9 +93,9 @@ fn connect_options(url: &str) -> Result<(PgConnectOptions, Option<String>), Stor
 const IDLE_BEFORE_PING: Duration = Duration::from_secs(1);
 
 /// The options of the store's pool and of each writer's own pool, but their size.
-fn pool_options(settings: &DatabaseSettings) -> PgPoolOptions {
+fn pool_options(settings: &Config) -> PgPoolOptions {
     PgPoolOptions::new()
-        .acquire_timeout(settings.acquire_timeout())
+        .acquire_timeout(settings.acquire_timeout)
         .idle_timeout(Some(Duration::from_secs(300)))
         // sqlx pings every connection on acquire by default: one extra round trip per
         // group-commit transaction. Ping only connections that sat idle a while (a
@@ -144,7 +144,7 @@ fn quote_ident(name: &str) -> String {
 
 impl PgStore {
     /// Builds the pool, waits for the server and migrates, as the settings say.
-    pub async fn connect(settings: &DatabaseSettings) -> Result<Self, StoreError> {
+    pub async fn connect(settings: &Config) -> Result<Self, StoreError> {
         let url = settings
             .url
             .as_ref()
@@ -162,10 +162,7 @@ impl PgStore {
             connect_options,
             writer_startup_options: !behind_pgbouncer(&url),
         };
-        wait_until_ready(Duration::from_secs(settings.startup_timeout_secs), || {
-            store.ping()
-        })
-        .await?;
+        wait_until_ready(settings.startup_timeout, || store.ping()).await?;
         if settings.run_migrations {
             store.migrate(schema.as_deref()).await?;
         }
@@ -282,7 +279,7 @@ impl Store for PgStore {
         }
         write_metrics(&mut *tx, std::slice::from_ref(row)).await?;
         tx.commit().await?;
-        crate::telemetry::prometheus::rows_stored("AnalyticsMetrics", 1);
+        super::count_rows_stored("AnalyticsMetrics", 1);
         Ok(IdempotentInsert::Stored)
     }
 
@@ -298,7 +295,7 @@ impl Store for PgStore {
         }
         write_events(&mut *tx, std::slice::from_ref(row)).await?;
         tx.commit().await?;
-        crate::telemetry::prometheus::rows_stored("AnalyticsDetails", 1);
+        super::count_rows_stored("AnalyticsDetails", 1);
         Ok(IdempotentInsert::Stored)
     }
 
@@ -319,13 +316,13 @@ impl BatchStatements for Postgres {
     async fn store_metrics(conn: &mut PgConnection, rows: &[MetricRow]) -> Result<(), StoreError> {
         // One statement is its own transaction.
         write_metrics(conn, rows).await?;
-        crate::telemetry::prometheus::rows_stored("AnalyticsMetrics", rows.len());
+        super::count_rows_stored("AnalyticsMetrics", rows.len());
         Ok(())
     }
 
     async fn store_events(conn: &mut PgConnection, rows: &[EventRow]) -> Result<(), StoreError> {
         write_events(conn, rows).await?;
-        crate::telemetry::prometheus::rows_stored("AnalyticsDetails", rows.len());
+        super::count_rows_stored("AnalyticsDetails", rows.len());
         Ok(())
     }
 }

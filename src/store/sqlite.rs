@@ -13,12 +13,12 @@ use sqlx::sqlite::{
 };
 use sqlx::{Connection, Sqlite, SqliteConnection};
 
+use super::Config;
 use super::{
     BatchStatements, EventRow, HeldConnection, MetricRow, PoolStats, RowWriter, Store, StoreError,
     StoredEvent, StoredMetric, wait_until_ready,
 };
 use super::{EVENT_ENDPOINT, IdempotencyClaim, IdempotentInsert, METRIC_ENDPOINT, idempotency};
-use crate::settings::DatabaseSettings;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 
@@ -28,7 +28,7 @@ pub struct SqliteStore {
     pool: SqlitePool,
 }
 
-fn connect_options(settings: &DatabaseSettings) -> Result<SqliteConnectOptions, StoreError> {
+fn connect_options(settings: &Config) -> Result<SqliteConnectOptions, StoreError> {
     let url = settings
         .url
         .as_ref()
@@ -44,7 +44,7 @@ fn connect_options(settings: &DatabaseSettings) -> Result<SqliteConnectOptions, 
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Full)
-        .busy_timeout(settings.acquire_timeout()))
+        .busy_timeout(settings.acquire_timeout))
 }
 
 fn create_parent_folder(options: &SqliteConnectOptions) -> Result<(), StoreError> {
@@ -59,18 +59,15 @@ fn create_parent_folder(options: &SqliteConnectOptions) -> Result<(), StoreError
 
 impl SqliteStore {
     /// Opens (creating if needed) the file and its folder, then migrates.
-    pub async fn connect(settings: &DatabaseSettings) -> Result<Self, StoreError> {
+    pub async fn connect(settings: &Config) -> Result<Self, StoreError> {
         let options = connect_options(settings)?;
         create_parent_folder(&options)?;
         let pool = SqlitePoolOptions::new()
             .max_connections(settings.max_connections)
-            .acquire_timeout(settings.acquire_timeout())
+            .acquire_timeout(settings.acquire_timeout)
             .connect_lazy_with(options);
         let store = SqliteStore { pool };
-        wait_until_ready(Duration::from_secs(settings.startup_timeout_secs), || {
-            store.ping()
-        })
-        .await?;
+        wait_until_ready(settings.startup_timeout, || store.ping()).await?;
         if settings.run_migrations {
             MIGRATOR
                 .run(&store.pool)
@@ -170,7 +167,7 @@ impl Store for SqliteStore {
         }
         write_metrics(&mut tx, std::slice::from_ref(row)).await?;
         tx.commit().await?;
-        crate::telemetry::prometheus::rows_stored("AnalyticsMetrics", 1);
+        super::count_rows_stored("AnalyticsMetrics", 1);
         Ok(IdempotentInsert::Stored)
     }
 
@@ -186,7 +183,7 @@ impl Store for SqliteStore {
         }
         write_events(&mut tx, std::slice::from_ref(row)).await?;
         tx.commit().await?;
-        crate::telemetry::prometheus::rows_stored("AnalyticsDetails", 1);
+        super::count_rows_stored("AnalyticsDetails", 1);
         Ok(IdempotentInsert::Stored)
     }
 
@@ -240,7 +237,7 @@ impl BatchStatements for Sqlite {
         let mut tx = conn.begin().await?;
         write_metrics(&mut tx, rows).await?;
         tx.commit().await?;
-        crate::telemetry::prometheus::rows_stored("AnalyticsMetrics", rows.len());
+        super::count_rows_stored("AnalyticsMetrics", rows.len());
         Ok(())
     }
 
@@ -251,7 +248,7 @@ impl BatchStatements for Sqlite {
         let mut tx = conn.begin().await?;
         write_events(&mut tx, rows).await?;
         tx.commit().await?;
-        crate::telemetry::prometheus::rows_stored("AnalyticsDetails", rows.len());
+        super::count_rows_stored("AnalyticsDetails", rows.len());
         Ok(())
     }
 }

@@ -18,10 +18,7 @@ use crate::store::PoolStats;
 pub const HTTP_REQUESTS: &str = "http_requests_total";
 /// Request latency in seconds, by `method` and `route`.
 pub const HTTP_DURATION: &str = "http_request_duration_seconds";
-/// Rows committed, by `table`.
-pub const ROWS_STORED: &str = "analytics_rows_stored_total";
-/// Storage failures, by `kind` (`unavailable`: a retry may help; `database`: it will not).
-pub const STORAGE_ERRORS: &str = "analytics_storage_errors_total";
+pub use crate::store::{ROWS_STORED, STORAGE_ERRORS};
 /// Connections the database pool holds open now.
 pub const DB_POOL_SIZE: &str = "analytics_db_pool_size";
 /// Open connections not in use.
@@ -165,14 +162,4 @@ impl RequestMetrics {
     fn is(&self, method: &str, route: &str, status: u16) -> bool {
         self.status == status && self.method == method && &*self.route == route
     }
-}
-
-/// `rows` rows committed to `table`.
-pub fn rows_stored(table: &'static str, rows: usize) {
-    counter!(ROWS_STORED, "table" => table).increment(rows as u64);
-}
-
-/// One failed database call of `kind`.
-pub fn storage_error(kind: &'static str) {
-    counter!(STORAGE_ERRORS, "kind" => kind).increment(1);
 }

@@ -5,10 +5,7 @@ use std::borrow::Cow;
 use std::sync::LazyLock;
 
 use regex::Regex;
-use secrecy::ExposeSecret;
 use sentry::protocol::{Breadcrumb, Event, Log, Request, Transaction, Value};
-
-use crate::settings::Settings;
 
 /// What a removed value is replaced with (Sentry's own marker).
 pub const FILTERED: &str = "[Filtered]";
@@ -96,23 +93,6 @@ pub struct Scrubber {
 }
 
 impl Scrubber {
-    /// Knows the secret values of these settings (bot token, keys, database password).
-    pub fn from_settings(settings: &Settings) -> Self {
-        let database_password = settings
-            .database
-            .url
-            .as_ref()
-            .and_then(|url| url::Url::parse(url.expose_secret()).ok())
-            .and_then(|url| url.password().map(str::to_owned));
-        let secrets = [
-            Some(settings.discord.bot_token.expose_secret().to_owned()),
-            Some(settings.discord.alerts_api_key.expose_secret().to_owned()),
-            settings.auth.key().map(str::to_owned),
-            database_password,
-        ];
-        Self::with_secrets(secrets.into_iter().flatten())
-    }
-
     /// Knows these secret values; short ones (under 8 bytes) are left to the patterns,
     /// since replacing them would garble ordinary text.
     pub fn with_secrets(secrets: impl IntoIterator<Item = String>) -> Self {
@@ -253,14 +233,11 @@ fn is_noise(event: &Event<'_>) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-    use std::path::PathBuf;
-
+    use secrecy::SecretString;
     use sentry::protocol::{Exception, Request};
 
     use super::*;
-    use crate::settings::load_from;
-    use crate::telemetry::client_options;
+    use crate::telemetry::{Config, client_options};
 
     const BOT_TOKEN: &str =
         "MTA5ODc2NTQzMjEwOTg3NjU0Mw.GhIjKl.abcdefghijklmnopqrstuvwxyz0123456789";
@@ -268,25 +245,20 @@ mod tests {
     const DB_PASSWORD: &str = "hunter2-db-password";
     const API_KEY: &str = "alerts-api-key-0123456789";
 
-    fn settings() -> Settings {
-        let env: HashMap<String, String> = [
-            ("SENTRY_DSN", "https://public@sentry.invalid/1"),
-            ("DISCORD_BOT_TOKEN", BOT_TOKEN),
-            ("ALERTS_API_KEY", API_KEY),
-            (
-                "DATABASE_URL",
-                "postgresql://app:hunter2-db-password@db:5432/postgres?schema=platform",
-            ),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect();
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config");
-        load_from(&dir, &env).expect("test settings load")
+    /// Sentry on (a DSN that is never reached).
+    fn config() -> Config {
+        let mut config = Config::for_tests();
+        config.sentry.dsn = SecretString::from("https://public@sentry.invalid/1".to_owned());
+        config
+    }
+
+    /// Knows the secrets the service passes in (see `Settings::secrets`).
+    fn scrubber() -> Scrubber {
+        Scrubber::with_secrets([BOT_TOKEN, API_KEY, DB_PASSWORD].map(str::to_owned))
     }
 
     fn capture(f: impl FnOnce()) -> Vec<Event<'static>> {
-        let options = client_options(&settings()).expect("a DSN is set");
+        let options = client_options(&config(), scrubber()).expect("a DSN is set");
         sentry::test::with_captured_events_options(f, options)
     }
 
@@ -371,7 +343,7 @@ mod tests {
 
     #[test]
     fn logs_and_breadcrumbs_are_scrubbed_too() {
-        let scrubber = Scrubber::from_settings(&settings());
+        let scrubber = scrubber();
         let crumb = Breadcrumb {
             message: Some(format!("calling discord with Bot {BOT_TOKEN}")),
             data: [("password".to_owned(), Value::from("pw-in-data-123"))]

@@ -2,26 +2,23 @@
 
 use std::sync::Arc;
 
-use secrecy::ExposeSecret;
 use sentry::{ClientOptions, TransactionContext};
 
+use super::Config;
 use super::scrub::Scrubber;
 use super::transport::ScrubbingTransportFactory;
-use crate::settings::Settings;
 
 /// The options for `sentry::init`, or `None` when `SENTRY_DSN` is empty (Sentry off).
-pub fn client_options(settings: &Settings) -> Option<ClientOptions> {
-    let dsn = settings.sentry.dsn.expose_secret().trim();
-    if dsn.is_empty() {
-        return None;
-    }
-    let scrubber = Arc::new(Scrubber::from_settings(settings));
+/// `scrubber` removes secrets from everything that leaves.
+pub fn client_options(config: &Config, scrubber: Scrubber) -> Option<ClientOptions> {
+    let dsn = config.sentry.dsn()?;
+    let scrubber = Arc::new(scrubber);
     let (for_events, for_logs, for_breadcrumbs) =
         (scrubber.clone(), scrubber.clone(), scrubber.clone());
     let sampling = Sampling {
-        rate: settings.sentry.traces_sample_rate,
-        untraced: settings.sentry.untraced_routes(),
-        trust_incoming: settings.sentry.trust_incoming_traces,
+        rate: config.sentry.traces_sample_rate,
+        untraced: config.sentry.untraced_routes(),
+        trust_incoming: config.sentry.trust_incoming_traces,
     };
     let transport = ScrubbingTransportFactory::new(
         Arc::new(sentry::transports::DefaultTransportFactory),
@@ -30,7 +27,7 @@ pub fn client_options(settings: &Settings) -> Option<ClientOptions> {
     Some(
         ClientOptions::new()
             .dsn(dsn)
-            .environment(settings.sentry_environment())
+            .environment(config.environment.clone())
             .release(concat!(
                 env!("CARGO_PKG_NAME"),
                 "@",

@@ -79,30 +79,24 @@ fn scrub_transactions(scrubber: &Scrubber, envelope: Envelope) -> Option<Envelop
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-    use std::path::PathBuf;
-
+    use secrecy::SecretString;
     use sentry::protocol::Request;
     use sentry::test::TestTransport;
     use sentry::{Hub, TransactionContext};
 
     use super::*;
-    use crate::telemetry::client_options;
+    use crate::telemetry::{Config, client_options};
 
     const JWT: &str = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1c2VyLTEifQ.c2lnbmF0dXJlLWJ5dGVz";
 
     /// The envelopes a client with our options sends, scrubbed by our transport in front
     /// of the test transport.
     fn sent_by(f: impl FnOnce()) -> Vec<Envelope> {
-        let env = HashMap::from([(
-            "SENTRY_DSN".to_owned(),
-            "https://public@sentry.invalid/1".to_owned(),
-        )]);
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config");
-        let settings = crate::settings::load_from(&dir, &env).expect("test settings load");
-        let mut options = client_options(&settings).expect("a DSN is set");
+        let mut config = Config::for_tests();
+        config.sentry.dsn = SecretString::from("https://public@sentry.invalid/1".to_owned());
+        let mut options = client_options(&config, Scrubber::default()).expect("a DSN is set");
         let captured = TestTransport::new();
-        let scrubber = Arc::new(Scrubber::from_settings(&settings));
+        let scrubber = Arc::new(Scrubber::default());
         options.transport = Some(Arc::new(ScrubbingTransportFactory::new(
             Arc::new(captured.clone()),
             scrubber,

@@ -61,13 +61,13 @@ impl Respond for MessageIds {
 }
 
 fn point_at_discord(settings: &mut Settings, base_url: &str) {
-    let discord = &mut settings.discord;
+    let discord = &mut settings.alerts;
     discord.bot_token = SecretString::from(BOT_TOKEN.to_owned());
     discord.api_base_url = base_url.to_owned();
     discord.alerts_api_key = SecretString::from(API_KEY.to_owned());
-    discord.connect_timeout_ms = 500;
-    discord.request_timeout_ms = 2000;
-    discord.wait_budget_ms = 5000;
+    discord.connect_timeout = Duration::from_millis(500);
+    discord.request_timeout = Duration::from_millis(2000);
+    discord.wait_budget = Duration::from_millis(5000);
     discord.max_retries = 2;
 }
 
@@ -258,7 +258,7 @@ async fn alert_goes_to_a_channel_given_by_id_and_the_lookup_is_cached() {
     let discord = MockServer::start().await;
     mount_channel(&discord, "123456789", 0).await;
     mount_messages(&discord, "123456789").await;
-    let app = spawn(&discord, |s| s.discord.product_channel = "123456789".into()).await;
+    let app = spawn(&discord, |s| s.alerts.product_channel = "123456789".into()).await;
 
     let (first, body, _) = alert(&app, "a new signup", "product").await;
     let (second, _, _) = alert(&app, "another signup", "product").await;
@@ -401,7 +401,7 @@ async fn a_long_multibyte_alert_with_a_code_fence_is_split_into_balanced_parts()
     let discord = MockServer::start().await;
     mount_channel(&discord, "42", 0).await;
     mount_messages(&discord, "42").await;
-    let app = spawn(&discord, |s| s.discord.platform_channel = "42".into()).await;
+    let app = spawn(&discord, |s| s.alerts.platform_channel = "42".into()).await;
     let content = long_alert_with_a_code_fence();
     assert_eq!(content.chars().count(), 4500);
 
@@ -427,7 +427,7 @@ async fn every_message_is_sent_with_mentions_disabled() {
     let discord = MockServer::start().await;
     mount_channel(&discord, "42", 0).await;
     mount_messages(&discord, "42").await;
-    let app = spawn(&discord, |s| s.discord.platform_channel = "42".into()).await;
+    let app = spawn(&discord, |s| s.alerts.platform_channel = "42".into()).await;
     let content = format!("@everyone @here <@&123> {}", "word ".repeat(500));
 
     let (status, _, _) = alert(&app, &content, "platform").await;
@@ -451,7 +451,7 @@ async fn platform_channel_answering(
     let script = Script::new(responses);
     mount_script(&discord, "42", &script).await;
     let app = spawn(&discord, |s| {
-        s.discord.platform_channel = "42".into();
+        s.alerts.platform_channel = "42".into();
         tweak(s);
     })
     .await;
@@ -505,7 +505,7 @@ async fn a_message_post_that_timed_out_is_retried_with_the_same_nonce() {
                 .set_delay(Duration::from_secs(3)),
             ResponseTemplate::new(200).set_body_json(json!({"id": "m1"})),
         ],
-        |s| s.discord.request_timeout_ms = 300,
+        |s| s.alerts.request_timeout = Duration::from_millis(300),
     )
     .await;
 
@@ -529,7 +529,7 @@ async fn after_a_failed_alert_the_identical_next_one_is_sent_not_suppressed() {
             ResponseTemplate::new(500),
             ResponseTemplate::new(200).set_body_json(json!({"id": "m1"})),
         ],
-        |s| s.discord.max_retries = 0,
+        |s| s.alerts.max_retries = 0,
     )
     .await;
 
@@ -560,8 +560,8 @@ async fn a_global_429_pauses_sends_to_every_channel() {
     mount_script(&discord, "42", &other).await;
     let app = Arc::new(
         spawn(&discord, |s| {
-            s.discord.platform_channel = "41".into();
-            s.discord.product_channel = "42".into();
+            s.alerts.platform_channel = "41".into();
+            s.alerts.product_channel = "42".into();
         })
         .await,
     );
@@ -589,9 +589,9 @@ async fn messages_beyond_the_channel_burst_are_paced_instead_of_rate_limited() {
     ]);
     mount_script(&discord, "42", &script).await;
     let app = spawn(&discord, |s| {
-        s.discord.platform_channel = "42".into();
-        s.discord.channel_burst = 2;
-        s.discord.channel_interval_ms = 300;
+        s.alerts.platform_channel = "42".into();
+        s.alerts.channel_burst = 2;
+        s.alerts.channel_interval = Duration::from_millis(300);
     })
     .await;
     let content = "word ".repeat(1500);
@@ -622,7 +622,7 @@ async fn a_500_is_retried_and_the_alert_still_goes_out() {
         ResponseTemplate::new(200).set_body_json(json!({"id": "m1"})),
     ]);
     mount_script(&discord, "42", &script).await;
-    let app = spawn(&discord, |s| s.discord.platform_channel = "42".into()).await;
+    let app = spawn(&discord, |s| s.alerts.platform_channel = "42".into()).await;
 
     let (status, body, _) = alert(&app, "flaky", "platform").await;
 
@@ -640,7 +640,7 @@ async fn a_403_is_not_retried_and_answers_502_with_discords_message() {
             json!({"message": "Missing Permissions", "code": 50013}),
         )]);
     mount_script(&discord, "42", &script).await;
-    let app = spawn(&discord, |s| s.discord.platform_channel = "42".into()).await;
+    let app = spawn(&discord, |s| s.alerts.platform_channel = "42".into()).await;
 
     let (status, body, _) = alert(&app, "no rights", "platform").await;
 
@@ -660,7 +660,7 @@ async fn rate_limits_past_the_wait_budget_answer_503_with_retry_after() {
         json!({"message": "You are being rate limited.", "retry_after": 30.0, "global": false}),
     )]);
     mount_script(&discord, "42", &script).await;
-    let app = spawn(&discord, |s| s.discord.platform_channel = "42".into()).await;
+    let app = spawn(&discord, |s| s.alerts.platform_channel = "42".into()).await;
 
     let (status, body, headers) = alert(&app, "too many", "platform").await;
 
@@ -678,7 +678,7 @@ async fn an_unreachable_or_hanging_discord_answers_503_with_retry_after() {
         .port();
     let unreachable = TestApp::spawn_with(Backend::Sqlite, |s| {
         point_at_discord(s, &format!("http://127.0.0.1:{closed_port}"));
-        s.discord.platform_channel = "42".into();
+        s.alerts.platform_channel = "42".into();
     })
     .await;
     let hanging = MockServer::start().await;
@@ -687,9 +687,9 @@ async fn an_unreachable_or_hanging_discord_answers_503_with_retry_after() {
         .mount(&hanging)
         .await;
     let slow = spawn(&hanging, |s| {
-        s.discord.platform_channel = "42".into();
-        s.discord.request_timeout_ms = 200;
-        s.discord.max_retries = 1;
+        s.alerts.platform_channel = "42".into();
+        s.alerts.request_timeout = Duration::from_millis(200);
+        s.alerts.max_retries = 1;
     })
     .await;
 
@@ -712,8 +712,8 @@ async fn identical_alerts_are_sent_once_and_counted_after_the_window() {
     let window = Duration::from_secs(2);
     let app = Arc::new(
         spawn(&discord, |s| {
-            s.discord.platform_channel = "42".into();
-            s.discord.dedupe_window_ms = window.as_millis() as u64;
+            s.alerts.platform_channel = "42".into();
+            s.alerts.dedupe_window = window;
         })
         .await,
     );
@@ -751,7 +751,7 @@ async fn only_admins_and_holders_of_the_api_key_may_send_alerts() {
     let discord = MockServer::start().await;
     mount_channel(&discord, "42", 0).await;
     mount_messages(&discord, "42").await;
-    let app = spawn(&discord, |s| s.discord.platform_channel = "42".into()).await;
+    let app = spawn(&discord, |s| s.alerts.platform_channel = "42".into()).await;
     let body = |n: u32| json!({"content": format!("alert {n}")});
 
     let admin = post_alert(&app, body(1), Auth::Admin).await;
@@ -785,9 +785,9 @@ async fn wrong_api_keys_lock_the_client_out_until_a_token_is_back() {
     mount_channel(&discord, "42", 0).await;
     mount_messages(&discord, "42").await;
     let app = spawn(&discord, |s| {
-        s.discord.platform_channel = "42".into();
-        s.rate_limit.api_key_failure_burst = 3;
-        s.rate_limit.api_key_failure_interval_secs = 3600;
+        s.alerts.platform_channel = "42".into();
+        s.edge.rate_limit.api_key_failure_burst = 3;
+        s.edge.rate_limit.api_key_failure_interval = Duration::from_secs(3600);
     })
     .await;
     let body = || json!({"content": "guess"});
@@ -817,7 +817,7 @@ async fn wrong_api_keys_lock_the_client_out_until_a_token_is_back() {
 async fn an_api_key_is_refused_when_none_is_configured() {
     let discord = MockServer::start().await;
     let app = spawn(&discord, |s| {
-        s.discord.alerts_api_key = SecretString::from(String::new())
+        s.alerts.alerts_api_key = SecretString::from(String::new())
     })
     .await;
 
@@ -904,10 +904,10 @@ async fn the_bot_token_appears_in_no_response_and_no_log_line() {
             .set_body_json(json!({"message": "401: Unauthorized", "code": 0})),
     ]);
     mount_script(&discord, "42", &script).await;
-    let app = spawn(&discord, |s| s.discord.platform_channel = "42".into()).await;
+    let app = spawn(&discord, |s| s.alerts.platform_channel = "42".into()).await;
     let unreachable = TestApp::spawn_with(Backend::Sqlite, |s| {
         point_at_discord(s, "http://127.0.0.1:1");
-        s.discord.max_retries = 0;
+        s.alerts.max_retries = 0;
     })
     .await;
 
@@ -943,12 +943,12 @@ async fn storage_failing_past_the_threshold_sends_one_platform_alert() {
     mount_channel(&discord, "42", 0).await;
     mount_messages(&discord, "42").await;
     let mut settings = test_settings("postgres://postgres@127.0.0.1:1/nowhere");
-    settings.database.startup_timeout_secs = 0;
+    settings.database.startup_timeout = Duration::from_secs(0);
     settings.database.run_migrations = false;
-    settings.database.acquire_timeout_ms = 300;
+    settings.database.acquire_timeout = Duration::from_millis(300);
     point_at_discord(&mut settings, &discord.uri());
-    settings.discord.platform_channel = "42".into();
-    settings.discord.storage_alert_after_ms = 200;
+    settings.alerts.platform_channel = "42".into();
+    settings.alerts.storage_alert_after = Duration::from_millis(200);
     let app = TestApp::start(settings, None, Arc::new(SystemClock)).await;
     let token = app.token("user-1");
     let metric = json!({"metric_name": "m", "metric_value": 1, "data_string": "d"});

@@ -71,7 +71,7 @@ async fn events_batch_stores_every_valid_event(app: TestApp) {
 async fn empty_non_array_and_oversized_batches_are_refused_whole(app: TestApp) {
     let token = app.token("user-1");
     let item = json!({"metric_name": "a", "metric_value": 1, "data_string": "d"});
-    let too_many = Value::Array(vec![item.clone(); app.settings.ingest.batch_max_items + 1]);
+    let too_many = Value::Array(vec![item.clone(); app.settings.batch.max_items + 1]);
     let cases = [
         (json!([]), "too_short"),
         (item.clone(), "list_type"),
@@ -99,7 +99,7 @@ on_both_backends!(
 
 #[tokio::test]
 async fn batches_need_a_token_and_have_their_own_body_limit() {
-    let app = TestApp::spawn_with(Backend::Sqlite, |s| s.ingest.batch_body_limit_bytes = 500).await;
+    let app = TestApp::spawn_with(Backend::Sqlite, |s| s.batch.body_limit_bytes = 500).await;
     let big: Vec<Value> = (0..20)
         .map(|_| json!({"metric_name": "aaaa", "metric_value": 1, "data_string": "d"}))
         .collect();
@@ -120,8 +120,8 @@ async fn batches_need_a_token_and_have_their_own_body_limit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_that_gets_no_turn_in_time_is_answered_503() {
     let app = TestApp::spawn_with(Backend::Postgres, |s| {
-        s.ingest.batch_max_concurrent = 1;
-        s.database.acquire_timeout_ms = 300;
+        s.batch.max_concurrent = 1;
+        s.database.acquire_timeout = std::time::Duration::from_millis(300);
     })
     .await;
     let mut blocker = app.lock_metrics_table().await;

@@ -102,7 +102,10 @@ on_both_backends!(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_hundred_concurrent_requests_take_fewer_transactions_than_requests() {
     // One user sending 500 at once is over the per-user burst; that limit is not under test.
-    let app = TestApp::spawn_with(Backend::Postgres, |s| s.rate_limit.user_per_second = 0.0).await;
+    let app = TestApp::spawn_with(Backend::Postgres, |s| {
+        s.edge.rate_limit.user_per_second = 0.0
+    })
+    .await;
     let bodies = (0..500).map(|i| metric(&format!("m{i}"))).collect();
 
     let answers = post_all(&app, bodies).await;
@@ -136,10 +139,10 @@ async fn no_transaction_passes_the_byte_limit_and_no_row_is_lost() {
     // Two rows and a half: a third row would pass the limit, so it opens the next batch.
     let limit = metric_row_bytes() * 5 / 2;
     let app = TestApp::spawn_with(Backend::Postgres, |s| {
-        s.rate_limit.user_per_second = 0.0;
+        s.edge.rate_limit.user_per_second = 0.0;
         s.ingest.writers_per_table = 1;
         s.ingest.max_batch_bytes = limit;
-        s.ingest.max_wait_us = 300_000;
+        s.ingest.max_wait = Duration::from_micros(300_000);
     })
     .await;
     let bodies = (0..20).map(|i| metric(&format!("m{i:02}"))).collect();
@@ -168,7 +171,7 @@ async fn no_transaction_passes_the_byte_limit_and_no_row_is_lost() {
 async fn a_row_the_database_refuses_fails_only_its_own_request() {
     let app = TestApp::spawn_with(Backend::Postgres, |s| {
         s.ingest.writers_per_table = 1;
-        s.ingest.max_wait_us = 300_000;
+        s.ingest.max_wait = Duration::from_micros(300_000);
     })
     .await;
     let mut conn = app.pg().await;
@@ -309,10 +312,10 @@ async fn rows_still_queued_when_the_drain_deadline_passes_are_written() {
     // One row and a half: every batch takes a second row off the queue and holds it over.
     let limit = metric_row_bytes() * 3 / 2;
     let mut app = TestApp::spawn_with(Backend::Postgres, |s| {
-        s.rate_limit.user_per_second = 0.0;
+        s.edge.rate_limit.user_per_second = 0.0;
         s.ingest.writers_per_table = 1;
         s.ingest.max_batch_bytes = limit;
-        s.server.shutdown_timeout_secs = 0;
+        s.server.shutdown_timeout = Duration::from_secs(0);
     })
     .await;
     // The first row alone is in the blocked transaction; the other 19 wait in the queue.
@@ -336,7 +339,7 @@ async fn rows_still_queued_when_the_drain_deadline_passes_are_written() {
 async fn a_writer_whose_connection_the_server_drops_takes_a_new_one() {
     // A writer keeps its connection while rows keep coming; a dropped one must not stick.
     let app = TestApp::spawn_with(Backend::Postgres, |s| {
-        s.rate_limit.user_per_second = 0.0;
+        s.edge.rate_limit.user_per_second = 0.0;
         s.ingest.writers_per_table = 1;
     })
     .await;
@@ -404,7 +407,7 @@ async fn an_idle_writer_holds_none_of_the_stores_connections(app: TestApp) {
 /// A PostgreSQL app with one writer per table and no per-user rate limit, then `tweak`.
 async fn one_writer_app(tweak: impl FnOnce(&mut Settings)) -> TestApp {
     TestApp::spawn_with(Backend::Postgres, |s| {
-        s.rate_limit.user_per_second = 0.0;
+        s.edge.rate_limit.user_per_second = 0.0;
         s.ingest.writers_per_table = 1;
         tweak(s);
     })
@@ -414,9 +417,9 @@ async fn one_writer_app(tweak: impl FnOnce(&mut Settings)) -> TestApp {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_not_written_by_the_shutdown_deadline_get_503_and_are_never_stored() {
     let mut app = one_writer_app(|s| {
-        s.ingest.batch_deadline_ms = 60_000;
-        s.server.shutdown_timeout_secs = 0;
-        s.ingest.shutdown_flush_ms = 300;
+        s.ingest.batch_deadline = Duration::from_millis(60_000);
+        s.server.shutdown_timeout = Duration::from_secs(0);
+        s.ingest.shutdown_flush = Duration::from_millis(300);
     })
     .await;
     let names = ["sent"].into_iter().chain(["q0", "q1", "q2", "q3"]);
@@ -527,8 +530,8 @@ async fn a_row_whose_user_is_unknown_gets_403_and_its_batch_is_stored() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_that_timed_out_leaves_no_row_behind() {
     let app = one_writer_app(|s| {
-        s.ingest.batch_deadline_ms = 60_000;
-        s.server.request_timeout_secs = 1;
+        s.ingest.batch_deadline = Duration::from_millis(60_000);
+        s.edge.requests.request_timeout = Duration::from_secs(1);
     })
     .await;
     let requests = metrics_of_user_1(&app, ["sent", "gone"].into_iter().map(str::to_owned));

@@ -118,7 +118,7 @@ pub fn test_settings(database_url: &str) -> Settings {
     settings.server.port = 0;
     settings.database.url = Some(SecretString::from(database_url.to_owned()));
     settings.database.max_connections = 5;
-    settings.database.startup_timeout_secs = 10;
+    settings.database.startup_timeout = Duration::from_secs(10);
     settings
 }
 

@@ -110,7 +110,7 @@ async fn batch_answers_stay_bounded_per_item_and_in_total() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batch_and_alert_routes_refuse_an_anonymous_request_before_its_body() {
     let app = TestApp::spawn_with(Backend::Sqlite, |settings| {
-        settings.ingest.batch_max_concurrent = 1;
+        settings.batch.max_concurrent = 1;
     })
     .await;
     for path in [METRIC_BATCH, EVENT_BATCH, "/api/alerts/discord"] {
@@ -191,11 +191,11 @@ fn metric_batch(items: usize) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodies_past_the_memory_budget_get_503_until_room_is_made() {
     let app = TestApp::spawn_with(Backend::Sqlite, |settings| {
-        settings.server.body_limit_bytes = 64 * 1024;
-        settings.ingest.batch_body_limit_bytes = 64 * 1024;
-        settings.server.body_budget_bytes = 100 * 1024;
-        settings.server.anonymous_body_budget_bytes = 64 * 1024;
-        settings.server.body_budget_wait_ms = 200;
+        settings.edge.requests.body_limit_bytes = 64 * 1024;
+        settings.batch.body_limit_bytes = 64 * 1024;
+        settings.edge.requests.body_budget_bytes = 100 * 1024;
+        settings.edge.requests.anonymous_body_budget_bytes = 64 * 1024;
+        settings.edge.requests.body_budget_wait = std::time::Duration::from_millis(200);
     })
     .await;
     let token = app.token("u");
@@ -236,9 +236,9 @@ async fn bodies_past_the_memory_budget_get_503_until_room_is_made() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anonymous_senders_cannot_spend_the_signed_in_budget() {
     let app = TestApp::spawn_with(Backend::Sqlite, |settings| {
-        settings.server.body_limit_bytes = 64 * 1024;
-        settings.server.anonymous_body_budget_bytes = 64 * 1024;
-        settings.server.body_budget_wait_ms = 200;
+        settings.edge.requests.body_limit_bytes = 64 * 1024;
+        settings.edge.requests.anonymous_body_budget_bytes = 64 * 1024;
+        settings.edge.requests.body_budget_wait = std::time::Duration::from_millis(200);
     })
     .await;
     let budget = app.body_budget.clone();

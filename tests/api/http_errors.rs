@@ -37,7 +37,8 @@ async fn unknown_paths_get_404_in_the_detail_shape() {
 
 #[tokio::test]
 async fn a_body_over_the_limit_gets_413_naming_the_limit() {
-    let app = TestApp::spawn_with(Backend::Sqlite, |s| s.server.body_limit_bytes = 1000).await;
+    let app =
+        TestApp::spawn_with(Backend::Sqlite, |s| s.edge.requests.body_limit_bytes = 1000).await;
     let token = app.token("u");
     let big = json!({"type": "t", "data": {"blob": "x".repeat(2000)}, "data_index": "i"});
 

@@ -229,7 +229,10 @@ on_both_backends!(
 
 /// With a one-second retention, the key is forgotten and the same key stores a new row.
 async fn an_expired_key_stores_a_new_row(backend: Backend) {
-    let app = TestApp::spawn_with(backend, |s| s.idempotency.retention_secs = 1).await;
+    let app = TestApp::spawn_with(backend, |s| {
+        s.idempotency.retention = Duration::from_secs(1)
+    })
+    .await;
     let token = app.token("user-1");
     let first = id_of(post_keyed(&app, METRIC, &metric_body(1.0), &token, "k").await).await;
 

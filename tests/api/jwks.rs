@@ -313,9 +313,9 @@ async fn old_keys_are_served_at_once_while_one_background_fetch_replaces_them() 
     let app = TestApp::spawn_with(Backend::Sqlite, |s| {
         s.auth.jwks_url = Some(url);
         s.auth.jwt_verify_key = None;
-        s.auth.jwks_max_age_secs = 0;
-        s.auth.jwks_min_refresh_secs = 0;
-        s.auth.jwks_timeout_ms = 30_000;
+        s.auth.jwks_max_age = Duration::from_secs(0);
+        s.auth.jwks_min_refresh = Duration::from_secs(0);
+        s.auth.jwks_timeout = Duration::from_millis(30_000);
     })
     .await;
     server.reset().await;

@@ -29,9 +29,9 @@ async fn healthz_and_readyz_answer_when_the_database_does() {
 #[tokio::test]
 async fn an_unreachable_database_gives_503_with_retry_after() {
     let mut settings = test_settings("postgres://postgres@127.0.0.1:1/nowhere");
-    settings.database.startup_timeout_secs = 0;
+    settings.database.startup_timeout = Duration::from_secs(0);
     settings.database.run_migrations = false;
-    settings.database.acquire_timeout_ms = 500;
+    settings.database.acquire_timeout = Duration::from_millis(500);
     let app = TestApp::start(settings, None, Arc::new(SystemClock)).await;
 
     let response = app

@@ -64,11 +64,11 @@ async fn a_database_that_stops_answering_mid_batch_is_detected_and_the_writer_re
     let database = TestDatabase::create(Backend::Postgres).await;
     let direct_url = database.url();
     let mut settings = test_settings(&proxy.url(&direct_url));
-    settings.rate_limit.user_per_second = 0.0;
+    settings.edge.rate_limit.user_per_second = 0.0;
     settings.ingest.writers_per_table = 1;
-    settings.ingest.batch_deadline_ms = 3000;
-    settings.ingest.stall_after_ms = 200;
-    settings.database.acquire_timeout_ms = 1000;
+    settings.ingest.batch_deadline = Duration::from_millis(3000);
+    settings.ingest.stall_after = Duration::from_millis(200);
+    settings.database.acquire_timeout = Duration::from_millis(1000);
     let app = TestApp::start(settings, Some(database), Arc::new(SystemClock)).await;
     let token = app.token("user-1");
     let before = app.post_json(METRIC, &metric("before"), Some(&token)).await;

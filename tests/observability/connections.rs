@@ -79,8 +79,8 @@ async fn wait_for_close(stream: &mut TcpStream) {
 async fn open_connections_and_those_closed_for_a_late_head_or_idleness_are_counted() {
     let _serial = serial().await;
     let app = TestApp::spawn_with(Backend::Sqlite, |s| {
-        s.server.header_read_timeout_secs = 1;
-        s.server.keep_alive_idle_secs = 2;
+        s.server.header_read_timeout = Duration::from_secs(1);
+        s.server.keep_alive_idle = Duration::from_secs(2);
     })
     .await;
     let before = counts(app.addr).await;
@@ -120,7 +120,7 @@ async fn open_connections_and_those_closed_for_a_late_head_or_idleness_are_count
 async fn a_client_that_finds_every_slot_taken_is_counted() {
     let _serial = serial().await;
     let app = TestApp::spawn_with(Backend::Sqlite, |s| {
-        s.server.header_read_timeout_secs = 1;
+        s.server.header_read_timeout = Duration::from_secs(1);
         s.server.max_connections = 2;
     })
     .await;

@@ -116,9 +116,9 @@ async fn each_status_of_a_route_is_counted_on_its_own_and_every_time() {
 async fn storage_errors_are_counted_by_kind() {
     let _serial = serial().await;
     let mut settings = test_settings("postgres://postgres@127.0.0.1:1/nowhere");
-    settings.database.startup_timeout_secs = 0;
+    settings.database.startup_timeout = std::time::Duration::from_secs(0);
     settings.database.run_migrations = false;
-    settings.database.acquire_timeout_ms = 300;
+    settings.database.acquire_timeout = std::time::Duration::from_millis(300);
     let app = TestApp::start(settings, None, Arc::new(SystemClock)).await;
     let errors = |s: &Scrape| {
         value(
@@ -158,9 +158,9 @@ async fn in_the_prod_profile_metrics_move_to_an_admin_port_of_their_own() {
     let _serial = serial().await;
     let database = TestDatabase::create(Backend::Sqlite).await;
     let mut settings = prod_settings(&database.url());
-    assert_eq!(settings.metrics.admin_port, Some(9464));
+    assert_eq!(settings.telemetry.metrics.admin_port, Some(9464));
     // A free port: 9464 may be taken on this machine.
-    settings.metrics.admin_port = Some(0);
+    settings.telemetry.metrics.admin_port = Some(0);
     let app = Application::build(&settings).await.unwrap();
     let (main, admin) = (
         app.local_addr(),

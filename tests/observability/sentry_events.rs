@@ -27,10 +27,10 @@ fn metric_body() -> Value {
 fn with_sentry(fake: &FakeSentry) -> impl FnOnce(&mut Settings) {
     let dsn = fake.dsn();
     move |settings| {
-        settings.sentry.dsn = SecretString::from(dsn);
-        settings.sentry.traces_sample_rate = 1.0;
-        settings.discord.bot_token = SecretString::from(BOT_TOKEN);
-        settings.discord.alerts_api_key = SecretString::from(API_KEY);
+        settings.telemetry.sentry.dsn = SecretString::from(dsn);
+        settings.telemetry.sentry.traces_sample_rate = 1.0;
+        settings.alerts.bot_token = SecretString::from(BOT_TOKEN);
+        settings.alerts.alerts_api_key = SecretString::from(API_KEY);
         let url = settings.database.url.as_ref().unwrap().expose_secret();
         let mut url = url::Url::parse(url).unwrap();
         if url.scheme().starts_with("postgres") {
@@ -255,8 +255,8 @@ async fn a_transactions_url_reaches_sentry_without_its_query_string() {
 async fn transactions_after_a_sampled_incoming_trace(trust_incoming_traces: bool) -> usize {
     let fake = FakeSentry::start().await;
     let (telemetry, app) = spawn_with(Backend::Sqlite, &fake, |settings| {
-        settings.sentry.traces_sample_rate = 0.0;
-        settings.sentry.trust_incoming_traces = trust_incoming_traces;
+        settings.telemetry.sentry.traces_sample_rate = 0.0;
+        settings.telemetry.sentry.trust_incoming_traces = trust_incoming_traces;
     })
     .await;
 
@@ -305,7 +305,7 @@ async fn capture_error_sends_the_error_with_its_source_chain_and_flushes() {
     let _serial = serial().await;
     let fake = FakeSentry::start().await;
     let mut settings = crate::helpers::test_settings("sqlite://unused");
-    settings.sentry.dsn = SecretString::from(fake.dsn());
+    settings.telemetry.sentry.dsn = SecretString::from(fake.dsn());
     let _telemetry = start_telemetry(&settings);
     let err = anyhow::Error::new(std::io::Error::other("connection refused"))
         .context("database not usable");
@@ -349,10 +349,12 @@ fn with_no_dsn_nothing_is_sent() {
 
     runtime().block_on(async {
         let mut settings = crate::helpers::test_settings("sqlite://unused");
-        settings.sentry.dsn = SecretString::from("");
+        settings.telemetry.sentry.dsn = SecretString::from("");
         let telemetry = start_telemetry(&settings);
-        let app =
-            TestApp::spawn_with(Backend::Postgres, |s| s.sentry.dsn = SecretString::from("")).await;
+        let app = TestApp::spawn_with(Backend::Postgres, |s| {
+            s.telemetry.sentry.dsn = SecretString::from("")
+        })
+        .await;
         drop_table(&app, "AnalyticsMetrics").await;
 
         let failed = app
@@ -381,7 +383,7 @@ async fn a_panicking_handler_is_reported_once_and_answered_500() {
     let _serial = serial().await;
     let fake = FakeSentry::start().await;
     let mut settings = crate::helpers::test_settings("sqlite://unused");
-    settings.sentry.dsn = SecretString::from(fake.dsn());
+    settings.telemetry.sentry.dsn = SecretString::from(fake.dsn());
     let telemetry = start_telemetry(&settings);
     let router = analytics_service::telemetry::http::instrument(
         axum::Router::new().route("/boom/{id}", axum::routing::get(panicking_handler)),

@@ -3,7 +3,8 @@
 use std::io::Write;
 use std::sync::Mutex;
 
-use analytics_service::settings::{LogFormat, Settings};
+use analytics_service::settings::Settings;
+use analytics_service::telemetry::LogFormat;
 use analytics_service::telemetry::{self, TelemetryGuard};
 use tokio::sync::MutexGuard;
 
@@ -40,10 +41,10 @@ impl Write for CapturedLogs {
 /// Starts telemetry as `main` does, with JSON log lines captured in memory.
 pub fn start_telemetry(settings: &Settings) -> TelemetryGuard {
     let mut settings = settings.clone();
-    settings.log.format = LogFormat::Json;
+    settings.telemetry.log.format = LogFormat::Json;
     // Access lines are at DEBUG; the log tests read them.
-    settings.log.filter = "info,analytics_service::access=debug".to_owned();
-    telemetry::init_with_writer(&settings, || CapturedLogs)
+    settings.telemetry.log.filter = "info,analytics_service::access=debug".to_owned();
+    telemetry::init_with_writer(&settings.telemetry, settings.secrets(), || CapturedLogs)
 }
 
 /// Every log line captured so far.

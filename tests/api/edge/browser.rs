@@ -9,8 +9,8 @@ const ANALYTICS: &str = "/api/analytics/log_raw_analytics";
 
 async fn cors_app() -> TestApp {
     TestApp::spawn_with(Backend::Sqlite, |s| {
-        s.browser.allowed_origins = format!("{ALLOWED}, http://localhost:3000");
-        s.browser.preflight_max_age_secs = 900;
+        s.edge.browser.allowed_origins = format!("{ALLOWED}, http://localhost:3000");
+        s.edge.browser.preflight_max_age = std::time::Duration::from_secs(900);
     })
     .await
 }
@@ -111,7 +111,7 @@ async fn send_beacon(app: &TestApp, body: String) -> reqwest::Response {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_beacon_with_the_token_in_its_text_body_is_stored_when_enabled() {
     for backend in [Backend::Postgres, Backend::Sqlite] {
-        let app = TestApp::spawn_with(backend, |s| s.browser.beacon_enabled = true).await;
+        let app = TestApp::spawn_with(backend, |s| s.edge.browser.beacon_enabled = true).await;
 
         let response = send_beacon(&app, beacon_body(&app.token("user-beacon"))).await;
 
@@ -129,7 +129,7 @@ async fn a_beacon_with_the_token_in_its_text_body_is_stored_when_enabled() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_beacon_is_refused_without_the_setting() {
     let app = TestApp::spawn(Backend::Sqlite).await;
-    assert!(!app.settings.browser.beacon_enabled, "off by default");
+    assert!(!app.settings.edge.browser.beacon_enabled, "off by default");
 
     let response = send_beacon(&app, beacon_body(&app.token("user-beacon"))).await;
 
@@ -140,7 +140,7 @@ async fn a_beacon_is_refused_without_the_setting() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_beacon_gets_the_usual_answers_for_a_bad_token_or_bad_fields() {
-    let app = TestApp::spawn_with(Backend::Sqlite, |s| s.browser.beacon_enabled = true).await;
+    let app = TestApp::spawn_with(Backend::Sqlite, |s| s.edge.browser.beacon_enabled = true).await;
 
     let bad_token = send_beacon(&app, beacon_body("not.a.jwt")).await;
     let no_token = send_beacon(&app, json!({"type": "t"}).to_string()).await;
@@ -173,7 +173,7 @@ async fn a_beacon_gets_the_usual_answers_for_a_bad_token_or_bad_fields() {
 /// an array is never read as a beacon.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_beacon_is_authenticated_like_a_header_token() {
-    let app = TestApp::spawn_with(Backend::Sqlite, |s| s.browser.beacon_enabled = true).await;
+    let app = TestApp::spawn_with(Backend::Sqlite, |s| s.edge.browser.beacon_enabled = true).await;
     let beacon = |token: String| {
         app.client
             .post(app.url(ANALYTICS))

@@ -58,7 +58,7 @@ async fn idle_sockets_holding_every_slot_delay_a_new_client_by_at_most_the_heade
     const SLOTS: usize = 8;
     let app = TestApp::spawn_with(Backend::Sqlite, |s| {
         s.server.max_connections = SLOTS;
-        s.server.header_read_timeout_secs = 1;
+        s.server.header_read_timeout = Duration::from_secs(1);
     })
     .await;
     let header_timeout = Duration::from_secs(1);
@@ -91,7 +91,7 @@ async fn idle_sockets_holding_every_slot_delay_a_new_client_by_at_most_the_heade
 async fn a_partial_request_line_or_http2_preface_that_stalls_is_closed_after_the_header_timeout() {
     for http2_enabled in [false, true] {
         let app = TestApp::spawn_with(Backend::Sqlite, |s| {
-            s.server.header_read_timeout_secs = 1;
+            s.server.header_read_timeout = Duration::from_secs(1);
             s.server.http2_enabled = http2_enabled;
         })
         .await;
@@ -123,8 +123,8 @@ async fn a_partial_request_line_or_http2_preface_that_stalls_is_closed_after_the
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_connection_that_never_sends_a_request_is_closed_after_the_header_timeout() {
     let app = TestApp::spawn_with(Backend::Sqlite, |s| {
-        s.server.header_read_timeout_secs = 1;
-        s.server.keep_alive_idle_secs = 600;
+        s.server.header_read_timeout = Duration::from_secs(1);
+        s.server.keep_alive_idle = Duration::from_secs(600);
         s.server.http2_enabled = true;
     })
     .await;
@@ -143,8 +143,8 @@ async fn an_http2_connection_that_never_sends_a_request_is_closed_after_the_head
 async fn a_keep_alive_connection_outlives_the_header_timeout_and_is_closed_after_the_idle_timeout()
 {
     let app = TestApp::spawn_with(Backend::Sqlite, |s| {
-        s.server.header_read_timeout_secs = 1;
-        s.server.keep_alive_idle_secs = 3;
+        s.server.header_read_timeout = Duration::from_secs(1);
+        s.server.keep_alive_idle = Duration::from_secs(3);
     })
     .await;
     let idle_closes =
@@ -169,8 +169,8 @@ async fn a_keep_alive_connection_outlives_the_header_timeout_and_is_closed_after
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_http1_a_later_request_head_that_stalls_is_closed_after_the_header_timeout() {
     let app = TestApp::spawn_with(Backend::Sqlite, |s| {
-        s.server.header_read_timeout_secs = 1;
-        s.server.keep_alive_idle_secs = 600;
+        s.server.header_read_timeout = Duration::from_secs(1);
+        s.server.keep_alive_idle = Duration::from_secs(600);
     })
     .await;
     let mut stream = connect(app.addr).await;

@@ -48,7 +48,7 @@ fn too_large(limit: usize) -> Value {
 }
 
 async fn every_body_route_takes_exactly_the_limit_and_refuses_one_byte_more(app: TestApp) {
-    let limit = app.settings.server.body_limit_bytes;
+    let limit = app.settings.edge.requests.body_limit_bytes;
     assert_eq!(limit, 1024 * 1024, "the default limit is 1 MiB");
     for (path, prefix, suffix) in BODY_ROUTES {
         let mut stream = connect(app.addr).await;
@@ -79,7 +79,7 @@ async fn every_body_route_takes_exactly_the_limit_and_refuses_one_byte_more(app:
 }
 
 async fn a_chunked_body_over_the_limit_gets_413(app: TestApp) {
-    let limit = app.settings.server.body_limit_bytes;
+    let limit = app.settings.edge.requests.body_limit_bytes;
     for (path, prefix, suffix) in BODY_ROUTES {
         let mut stream = connect(app.addr).await;
         let mut request =
@@ -221,7 +221,7 @@ async fn a_gzip_bomb_gets_413_and_memory_stays_bounded() {
         .unwrap();
 
     assert_eq!(response.status(), 413);
-    let limit = app.settings.server.body_limit_bytes;
+    let limit = app.settings.edge.requests.body_limit_bytes;
     assert_eq!(response.json::<Value>().await.unwrap(), too_large(limit));
     let growth = rss_bytes().saturating_sub(before);
     // Inflating it all would take 50 MB; reading stops just past the 1 MiB limit.
@@ -233,7 +233,10 @@ async fn a_gzip_bomb_gets_413_and_memory_stays_bounded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_over_the_timeout_gets_503_in_the_storage_error_shape() {
-    let app = TestApp::spawn_with(Backend::Sqlite, |s| s.server.request_timeout_secs = 1).await;
+    let app = TestApp::spawn_with(Backend::Sqlite, |s| {
+        s.edge.requests.request_timeout = Duration::from_secs(1)
+    })
+    .await;
     let mut stream = connect(app.addr).await;
     // The body never arrives in full, so the handler outlives the timeout.
     let head = post_head(
@@ -262,8 +265,8 @@ async fn a_request_over_the_timeout_gets_503_in_the_storage_error_shape() {
 async fn slow_clients_trickling_headers_are_closed_while_others_are_served() {
     const SLOW: usize = 200;
     let app = TestApp::spawn_with(Backend::Sqlite, |s| {
-        s.server.header_read_timeout_secs = 1;
-        s.rate_limit.ip_per_second = 0.0;
+        s.server.header_read_timeout = Duration::from_secs(1);
+        s.edge.rate_limit.ip_per_second = 0.0;
     })
     .await;
     let mut slow = Vec::new();

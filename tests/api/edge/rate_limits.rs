@@ -18,9 +18,9 @@ fn body() -> Value {
 /// Limits that refill so slowly (one token per 1000 s) that no token comes back mid-test.
 fn ip_limit(burst: u32) -> impl FnOnce(&mut Settings) {
     move |s| {
-        s.rate_limit.ip_per_second = 0.001;
-        s.rate_limit.ip_burst = burst;
-        s.rate_limit.user_per_second = 0.0;
+        s.edge.rate_limit.ip_per_second = 0.001;
+        s.edge.rate_limit.ip_burst = burst;
+        s.edge.rate_limit.user_per_second = 0.0;
     }
 }
 
@@ -61,9 +61,9 @@ async fn one_request_over_the_ip_burst_gets_429_with_retry_after() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_request_over_the_user_burst_gets_429_and_other_users_are_unaffected() {
     let app = TestApp::spawn_with(Backend::Sqlite, |s| {
-        s.rate_limit.ip_per_second = 0.0;
-        s.rate_limit.user_per_second = 0.001;
-        s.rate_limit.user_burst = 2;
+        s.edge.rate_limit.ip_per_second = 0.0;
+        s.edge.rate_limit.user_per_second = 0.001;
+        s.edge.rate_limit.user_burst = 2;
     })
     .await;
     let alice = app.token("alice");
@@ -98,10 +98,10 @@ async fn one_request_over_the_user_burst_gets_429_and_other_users_are_unaffected
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_takes_one_user_token_per_item() {
     let app = TestApp::spawn_with(Backend::Sqlite, |s| {
-        s.rate_limit.ip_per_second = 0.0;
-        s.rate_limit.user_per_second = 0.001;
-        s.rate_limit.user_burst = 10;
-        s.ingest.batch_max_items = 10;
+        s.edge.rate_limit.ip_per_second = 0.0;
+        s.edge.rate_limit.user_per_second = 0.001;
+        s.edge.rate_limit.user_burst = 10;
+        s.batch.max_items = 10;
     })
     .await;
     let alice = app.token("alice");
@@ -124,7 +124,7 @@ async fn a_batch_takes_one_user_token_per_item() {
 async fn behind_a_trusted_proxy_the_forwarded_client_ip_is_limited() {
     let app = TestApp::spawn_with(Backend::Sqlite, |s| {
         ip_limit(1)(s);
-        s.rate_limit.trusted_proxy_hops = 1;
+        s.edge.rate_limit.trusted_proxy_hops = 1;
     })
     .await;
     let token = app.token("user-proxy");
@@ -197,9 +197,9 @@ fn dry_run_lets_every_request_through_and_counts_the_would_be_refusals() {
                 Backend::Sqlite,
                 |s| {
                     ip_limit(2)(s);
-                    s.rate_limit.user_per_second = 0.001;
-                    s.rate_limit.user_burst = 1;
-                    s.rate_limit.dry_run = true;
+                    s.edge.rate_limit.user_per_second = 0.001;
+                    s.edge.rate_limit.user_burst = 1;
+                    s.edge.rate_limit.dry_run = true;
                 },
                 Arc::new(SystemClock),
             )

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use axum::extract::FromRef;
 use secrecy::SecretString;
 
 use crate::alerts::Alerter;
@@ -42,13 +43,9 @@ pub struct Handles {
     pub authenticator: Arc<Authenticator>,
     /// "Now", injectable for tests.
     pub clock: Arc<dyn Clock>,
-    /// Largest accepted request body, in bytes (named in the 413).
-    pub body_limit: usize,
-    /// Request-body bytes that may be held in memory at once.
-    pub body_budget: Arc<crate::edge::body_budget::BodyBudget>,
     /// Most items in one batch-endpoint request.
     pub batch_max_items: usize,
-    /// Turns for batch-endpoint requests (see [`crate::routes`]'s `BatchTurn`).
+    /// Turns for batch-endpoint requests (see `batch::BatchTurn`).
     pub batch_turns: Arc<tokio::sync::Semaphore>,
     /// How long a batch request waits for a turn before 503.
     pub batch_turn_wait: std::time::Duration,
@@ -56,8 +53,15 @@ pub struct Handles {
     pub alerts: Option<Arc<Alerter>>,
     /// `X-API-Key` accepted by the alerts endpoint; `None` when not configured.
     pub alerts_api_key: Option<SecretString>,
-    /// Rate limits and browser settings.
+    /// Rate limits, browser settings, body limits and budget.
     pub edge: Arc<Edge>,
     /// `Idempotency-Key` handling: retention and clock.
     pub idempotency: Idempotency,
+}
+
+/// The `Caller` extractor's view of the state.
+impl FromRef<AppState> for Arc<Authenticator> {
+    fn from_ref(state: &AppState) -> Self {
+        state.authenticator.clone()
+    }
 }

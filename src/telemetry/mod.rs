@@ -1,6 +1,7 @@
 //! Telemetry: the log subscriber (`RUST_LOG`, pretty locally, JSON in dev and prod), the
 //! Sentry client with its tracing layers, and `capture_error` for code about to exit.
 
+mod config;
 pub mod http;
 pub mod prometheus;
 pub mod scrub;
@@ -18,8 +19,8 @@ use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::{Layer, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
 
-use crate::settings::{LogFormat, Settings};
-
+pub use config::{Config, LogConfig, LogFormat, MetricsConfig, SentryConfig};
+pub use scrub::Scrubber;
 pub use sentry_client::{Sampling, client_options};
 
 /// Log target of lines whose error already went to Sentry by other means (`capture_error`,
@@ -62,24 +63,25 @@ impl TelemetryGuard {
 }
 
 /// Installs the global subscriber (logs to stdout) and starts Sentry when `SENTRY_DSN` is
-/// set. Call before the Tokio runtime is built; keep the guard until the process exits.
-pub fn init(settings: &Settings) -> TelemetryGuard {
-    init_with_writer(settings, std::io::stdout)
+/// set; `secrets` (keys, tokens, the database password) are scrubbed from everything sent.
+/// Call before the Tokio runtime is built; keep the guard until the process exits.
+pub fn init(config: &Config, secrets: Vec<String>) -> TelemetryGuard {
+    init_with_writer(config, secrets, std::io::stdout)
 }
 
 /// As `init`, with log lines going to `writer` (tests capture them). A second call keeps
 /// the first subscriber but replaces the Sentry client.
-pub fn init_with_writer<W>(settings: &Settings, writer: W) -> TelemetryGuard
+pub fn init_with_writer<W>(config: &Config, secrets: Vec<String>, writer: W) -> TelemetryGuard
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
-    let guard = start_sentry(settings);
-    install_subscriber(settings.log.format, &settings.log.filter, writer);
+    let guard = start_sentry(config, Scrubber::with_secrets(secrets));
+    install_subscriber(config.log.format, &config.log.filter, writer);
     guard
 }
 
-fn start_sentry(settings: &Settings) -> TelemetryGuard {
-    let Some(options) = client_options(settings) else {
+fn start_sentry(config: &Config, scrubber: Scrubber) -> TelemetryGuard {
+    let Some(options) = client_options(config, scrubber) else {
         // No DSN: no client at all, so nothing can be sent. Unbinding also retires a client
         // an earlier call bound (tests start several in one process).
         sentry::Hub::main().bind_client(None);

@@ -11,10 +11,9 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::json::JsonBody;
 use crate::auth::{AuthError, Authenticator, Caller};
 use crate::domain::pyjson;
-use crate::error::ApiError;
-use crate::routes::json::JsonBody;
 
 /// The body field that carries the JWT in beacon mode.
 pub const TOKEN_FIELD: &str = "token";
@@ -34,11 +33,11 @@ pub fn headers_of_possible_beacon(
 /// headers exactly as a header token is.
 pub async fn caller(
     authenticator: &Authenticator,
-    caller: Result<Caller, ApiError>,
+    caller: Result<Caller, AuthError>,
     headers: Option<HeaderMap>,
     text: &[u8],
-) -> Result<Caller, ApiError> {
-    let (Err(ApiError::Auth(AuthError::Missing)), Some(mut headers)) = (&caller, headers) else {
+) -> Result<Caller, AuthError> {
+    let (Err(AuthError::Missing), Some(mut headers)) = (&caller, headers) else {
         return caller;
     };
     let Some(token) = token_field(text) else {
@@ -47,7 +46,7 @@ pub async fn caller(
     let bearer = HeaderValue::from_str(&format!("Bearer {token}"))
         .map_err(|_| AuthError::Invalid("Invalid token encoding".to_owned()))?;
     headers.insert(header::AUTHORIZATION, bearer);
-    Ok(authenticator.authenticate_async(&headers).await?)
+    authenticator.authenticate(&headers).await
 }
 
 /// A beacon's `token` field, read without building the rest of the body.

@@ -1,28 +1,15 @@
-//! Bearer JWTs as `autogpt_libs.auth` verifies them: one HMAC algorithm, audience
-//! `authenticated`, `sub` as the user id, `role == "admin"` for admins. With
-//! `JWT_JWKS_URL`, asymmetric tokens (ES256, RS256, EdDSA, …) are verified against the key
-//! set too (see `jwks`); a token's `alg` picks the key kind, so an HMAC token is only ever
-//! checked with the configured secret and never with a public key.
-
-pub mod jwks;
-mod verified;
+//! `Authenticator`: verifies a request's bearer token and applies impersonation.
 
 use std::collections::HashSet;
-use std::time::Duration;
 
-use axum::extract::FromRequestParts;
 use axum::http::HeaderMap;
-use axum::http::request::Parts;
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, EncodingKey, Header, Validation};
-use serde::{Deserialize, Serialize};
+use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
+use serde::Deserialize;
 
-use crate::error::ApiError;
-use crate::settings::AuthSettings;
-use crate::state::AppState;
-
-use self::jwks::JwksCache;
-use self::verified::VerifiedTokens;
+use super::jwks::{self, JwksCache};
+use super::verified::VerifiedTokens;
+use super::{ACT_AS_HEADER, AUDIENCE, AuthError, Caller, Config};
 
 /// Asymmetric algorithms accepted from the JWKS (the key's own `alg` narrows further).
 const ASYMMETRIC: &[Algorithm] = &[
@@ -37,57 +24,17 @@ const ASYMMETRIC: &[Algorithm] = &[
     Algorithm::EdDSA,
 ];
 
-/// The audience every accepted token must carry.
-pub const AUDIENCE: &str = "authenticated";
-/// Header an admin sets to act as another user.
-pub const ACT_AS_HEADER: &str = "x-act-as-user-id";
-
-/// Who is calling, after verification and impersonation.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Caller {
-    /// The user the request acts for: `sub`, or the impersonated user.
-    pub user_id: String,
-    /// `role == "admin"` in the token.
-    pub is_admin: bool,
-}
-
-/// Why a request is not authenticated; the texts are the original's.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum AuthError {
-    /// No header, a non-Bearer scheme, or an empty token.
-    #[error("Authorization header is missing")]
-    Missing,
-    /// `exp` has passed.
-    #[error("Token has expired")]
-    Expired,
-    /// Any other verification failure.
-    #[error("Invalid token: {0}")]
-    Invalid(String),
-    /// `sub` absent or empty.
-    #[error("User ID not found in token")]
-    NoUserId,
-    /// `X-Act-As-User-Id` from someone who is not an admin.
-    #[error("Only admin users can impersonate other users")]
-    ImpersonationForbidden,
-    /// The JWKS could not be fetched and the token's key is not cached (a retry helps).
-    #[error("Signing keys are unavailable; retry later")]
-    KeysUnavailable {
-        /// Seconds until the next fetch is allowed (`Retry-After`).
-        retry_after_secs: u64,
-    },
-}
-
 #[derive(Debug, Clone, Deserialize)]
-struct Claims {
+pub(super) struct Claims {
     #[serde(default)]
-    sub: Option<String>,
+    pub(super) sub: Option<String>,
     #[serde(default)]
-    role: Option<String>,
+    pub(super) role: Option<String>,
     #[serde(default)]
-    iat: Option<f64>,
+    pub(super) iat: Option<f64>,
     /// Kept loose (jsonwebtoken judges its format); read by the verified-token cache.
     #[serde(default)]
-    exp: Option<serde_json::Value>,
+    pub(super) exp: Option<serde_json::Value>,
 }
 
 /// Verifies bearer tokens with the configured key and/or key set; built once at start-up.
@@ -115,26 +62,11 @@ enum KeyRoute {
     Jwks { kid: String, alg: Algorithm },
 }
 
-fn algorithm(settings: &AuthSettings) -> Algorithm {
-    match settings.jwt_sign_algorithm.as_str() {
-        "HS384" => Algorithm::HS384,
-        "HS512" => Algorithm::HS512,
-        _ => Algorithm::HS256,
-    }
-}
-
-fn key_bytes(settings: &AuthSettings) -> &[u8] {
-    settings
-        .key()
-        .expect("mint_token needs the HMAC key: callers check `AuthSettings::key` first")
-        .as_bytes()
-}
-
 impl Authenticator {
     /// A verifier for the settings' key, algorithm and key set (validated settings
     /// required); the key set is fetched later (`prefetch_keys` or the first token).
-    pub fn new(settings: &AuthSettings) -> Self {
-        let mut validation = Validation::new(algorithm(settings));
+    pub fn new(settings: &Config) -> Self {
+        let mut validation = Validation::new(settings.algorithm());
         validation.set_audience(&[AUDIENCE]);
         validation.leeway = 0;
         validation.validate_nbf = true;
@@ -146,9 +78,9 @@ impl Authenticator {
         let jwks = settings.jwks_url().map(|url| {
             JwksCache::new(
                 url,
-                Duration::from_millis(settings.jwks_timeout_ms),
-                Duration::from_secs(settings.jwks_min_refresh_secs),
-                Duration::from_secs(settings.jwks_max_age_secs),
+                settings.jwks_timeout,
+                settings.jwks_min_refresh,
+                settings.jwks_max_age,
             )
         });
         Authenticator {
@@ -168,33 +100,10 @@ impl Authenticator {
         }
     }
 
-    /// The caller behind the request's headers, impersonation applied. Asymmetric tokens
-    /// are checked against the keys already cached only; `authenticate_async` may fetch.
-    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, AuthError> {
-        let token = bearer_token(headers).ok_or(AuthError::Missing)?;
-        if let Some(claims) = self.verified.get(token, now()) {
-            return self.caller(headers, claims);
-        }
-        let claims = match self.route(token)? {
-            KeyRoute::Hmac => self.verify_hmac(token)?,
-            KeyRoute::Jwks { kid, alg } => {
-                let jwks = self
-                    .jwks
-                    .as_ref()
-                    .expect("routed to JWKS only when configured");
-                let key = jwks.cached(&kid).ok_or_else(|| {
-                    AuthError::Invalid(format!(
-                        "Unable to find a signing key that matches: {kid:?}"
-                    ))
-                })?;
-                self.verify_jwks(token, &key, alg)?
-            }
-        };
-        self.caller(headers, claims)
-    }
-
-    /// As `authenticate`, fetching the key set when the token names an unknown `kid`.
-    pub async fn authenticate_async(&self, headers: &HeaderMap) -> Result<Caller, AuthError> {
+    /// The caller behind the request's headers, impersonation applied. An asymmetric
+    /// token whose `kid` is not cached (or whose keys are old) fetches the key set, at
+    /// most once per `jwks_min_refresh`; held keys are served while a refresh runs.
+    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, AuthError> {
         let token = bearer_token(headers).ok_or(AuthError::Missing)?;
         if let Some(claims) = self.verified.get(token, now()) {
             return self.caller(headers, claims);
@@ -342,51 +251,6 @@ fn bearer_token(headers: &HeaderMap) -> Option<&str> {
     let (scheme, token) = value.trim().split_once(' ')?;
     let token = token.trim();
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
-}
-
-/// Marks a request whose caller failed authentication, for the body reader: such a body
-/// draws on the smaller anonymous body budget.
-#[derive(Debug, Clone, Copy)]
-pub struct Unauthenticated;
-
-impl FromRequestParts<AppState> for Caller {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let caller = state.authenticator.authenticate_async(&parts.headers).await;
-        if caller.is_err() {
-            parts.extensions.insert(Unauthenticated);
-        }
-        caller.map_err(ApiError::from)
-    }
-}
-
-#[derive(Serialize)]
-struct MintedClaims<'a> {
-    sub: &'a str,
-    aud: &'a str,
-    role: &'a str,
-    iat: u64,
-    exp: u64,
-}
-
-/// Signs a token the service accepts, for `analytics-service token` and tests; needs the
-/// HMAC key (`AuthSettings::key`), which a JWKS-only set-up does not have.
-pub fn mint_token(settings: &AuthSettings, user_id: &str, admin: bool, ttl: Duration) -> String {
-    let iat = jsonwebtoken::get_current_timestamp();
-    let claims = MintedClaims {
-        sub: user_id,
-        aud: AUDIENCE,
-        role: if admin { "admin" } else { "authenticated" },
-        iat,
-        exp: iat + ttl.as_secs(),
-    };
-    jsonwebtoken::encode(
-        &Header::new(algorithm(settings)),
-        &claims,
-        &EncodingKey::from_secret(key_bytes(settings)),
-    )
-    .expect("HMAC signing of serializable claims cannot fail")
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 //! Every request carries `ConnectInfo<SocketAddr>` (the peer), which the per-IP rate limit
 //! reads when no trusted proxy names the client.
 
+mod config;
 mod connection_metrics;
 mod deadline;
 
@@ -30,6 +31,8 @@ use tower::ServiceExt;
 use connection_metrics::ConnectionMetrics;
 pub use connection_metrics::{CONNECTIONS_CLOSED, CONNECTIONS_LIMIT_REACHED, CONNECTIONS_OPEN};
 use deadline::{Activity, DeadlineIo, Timeouts};
+
+pub use config::Config;
 
 /// Smallest header buffer hyper accepts.
 const MIN_HEADER_BUFFER: usize = 8192;

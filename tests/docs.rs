@@ -238,8 +238,10 @@ fn the_link_checker_finds_links_and_anchors() {
     );
     let found = anchors(text);
     assert!(found.contains("title") && found.contains("rate-limits"));
-    assert!(anchors("## Browser ingestion: CORS and beacon mode\n")
-        .contains("browser-ingestion-cors-and-beacon-mode"));
+    assert!(
+        anchors("## Browser ingestion: CORS and beacon mode\n")
+            .contains("browser-ingestion-cors-and-beacon-mode")
+    );
 }
 
 #[test]
@@ -253,5 +255,9 @@ fn relative_links_point_at_files_that_exist() {
             }
         }
     }
-    assert!(problems.is_empty(), "broken links:\n{}", problems.join("\n"));
+    assert!(
+        problems.is_empty(),
+        "broken links:\n{}",
+        problems.join("\n")
+    );
 }

@@ -5,12 +5,12 @@ use std::sync::Arc;
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
 
 use crate::auth::AuthError;
 use crate::domain::{DetailBudget, FieldError};
 use crate::edge::limits::{RETRY_AFTER_SECS, retry_later};
 use crate::store::StoreError;
+use crate::wire::{Detail, StorageErrorBody, ValidationErrorBody};
 
 /// A failed request; `IntoResponse` picks the status and body.
 #[derive(Debug, thiserror::Error)]
@@ -70,7 +70,7 @@ impl ApiError {
 }
 
 fn detail(status: StatusCode, text: impl Into<String>) -> Response {
-    (status, Json(json!({ "detail": text.into() }))).into_response()
+    (status, Json(Detail::new(text))).into_response()
 }
 
 impl IntoResponse for ApiError {
@@ -83,11 +83,11 @@ impl IntoResponse for ApiError {
             } => {
                 tracing::debug!(errors = errors.len(), "request body failed validation");
                 let detail = DetailBudget::default().list(errors, vec!["body".into()]);
-                let body = json!({
-                    "message": format!("Invalid data for {request_line}"),
-                    "detail": detail,
-                    "hint": "Ensure the request matches the API schema.",
-                });
+                let body = ValidationErrorBody {
+                    message: format!("Invalid data for {request_line}"),
+                    detail,
+                    hint: "Ensure the request matches the API schema.".to_owned(),
+                };
                 (StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response()
             }
             ApiError::PayloadTooLarge { limit } => detail(
@@ -142,7 +142,7 @@ fn storage_response(source: Arc<StoreError>, hint: &'static str) -> Response {
             "Analytics database error",
         )
     };
-    let body = json!({ "detail": { "message": message, "hint": hint } });
+    let body = StorageErrorBody::new(message, hint);
     let mut response = (status, Json(body)).into_response();
     response
         .extensions_mut()

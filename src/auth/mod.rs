@@ -14,12 +14,13 @@ mod verified;
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
 
 pub use authenticator::Authenticator;
 pub use config::{Config, LOCAL_DEV_JWT_KEY};
 pub use extractor::Unauthenticated;
 pub use token::mint_token;
+
+use crate::wire::Detail;
 
 /// The audience every accepted token must carry.
 pub const AUDIENCE: &str = "authenticated";
@@ -70,7 +71,7 @@ impl IntoResponse for AuthError {
             AuthError::KeysUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::UNAUTHORIZED,
         };
-        let mut response = (status, Json(json!({ "detail": self.to_string() }))).into_response();
+        let mut response = (status, Json(Detail::new(self.to_string()))).into_response();
         let headers = response.headers_mut();
         match self {
             AuthError::ImpersonationForbidden => {}

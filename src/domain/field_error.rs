@@ -34,19 +34,24 @@ impl From<&str> for Location {
 }
 
 /// One entry of a 422 body's `detail`: `{"type", "loc", "msg", "input", "ctx"?}`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[schema(as = FieldErrorBody)]
 pub struct FieldError {
-    /// pydantic's error type, e.g. `missing`, `string_type`.
+    /// pydantic's error type, e.g. `missing`, `string_type`, `json_invalid`.
     #[serde(rename = "type")]
+    #[schema(value_type = String)]
     pub kind: &'static str,
-    /// Where: `["body", "<field>", …]`.
+    /// Where: `["body", "<field>", …]`; positions are integers.
+    #[schema(value_type = Vec<Value>)]
     pub loc: Vec<Location>,
     /// pydantic's message.
     pub msg: String,
     /// The offending input as received.
+    #[schema(value_type = Value)]
     pub input: Value,
     /// Extra context, e.g. `{"min_length": 1}`.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     pub ctx: Option<Value>,
 }
 

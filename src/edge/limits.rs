@@ -6,16 +6,17 @@ use axum::Json;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
 use tower::layer::util::{Identity, Stack};
 use tower::{BoxError, ServiceBuilder};
+
+use crate::wire::{Detail, StorageErrorBody};
 
 /// Seconds a client is told to wait (`Retry-After`) on a 503 that a retry will help.
 pub const RETRY_AFTER_SECS: u64 = 1;
 
 /// A 503 that a retry will help, in the storage-error shape with `Retry-After`.
 pub fn retry_later(message: &str) -> Response {
-    let body = json!({ "detail": { "message": message, "hint": "Retry the request later." }});
+    let body = StorageErrorBody::new(message, "Retry the request later.");
     let mut response = (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
     response
         .headers_mut()
@@ -47,8 +48,7 @@ pub async fn timed_out(err: BoxError) -> Response {
         retry_later("Request timed out")
     } else {
         tracing::error!(error = %err, "middleware failed");
-        let body =
-            json!({ "detail": { "message": "Internal error", "hint": "Retry the request." }});
+        let body = StorageErrorBody::new("Internal error", "Retry the request.");
         (StatusCode::INTERNAL_SERVER_ERROR, Json(body)).into_response()
     }
 }
@@ -65,7 +65,7 @@ pub async fn shape_empty_errors(response: Response) -> Response {
     let reason = status.canonical_reason().unwrap_or("Error");
     let (mut parts, _) = response.into_parts();
     parts.headers.remove(header::CONTENT_LENGTH);
-    let shaped = Json(json!({ "detail": reason })).into_response();
+    let shaped = Json(Detail::new(reason)).into_response();
     let (shaped_parts, body) = shaped.into_parts();
     parts.headers.extend(shaped_parts.headers);
     Response::from_parts(parts, body)

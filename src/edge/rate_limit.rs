@@ -6,13 +6,13 @@ use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::wire::Detail;
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
 use governor::{DefaultKeyedRateLimiter, Quota};
-use serde_json::json;
 
 use super::config::RateLimitConfig;
 use crate::auth::Caller;
@@ -65,11 +65,8 @@ impl IntoResponse for RateLimited {
             "Too many requests: retry in {} seconds",
             self.retry_after_secs
         );
-        let mut response = (
-            StatusCode::TOO_MANY_REQUESTS,
-            Json(json!({ "detail": detail })),
-        )
-            .into_response();
+        let mut response =
+            (StatusCode::TOO_MANY_REQUESTS, Json(Detail::new(detail))).into_response();
         let headers = response.headers_mut();
         headers.insert(
             header::RETRY_AFTER,

@@ -8,8 +8,10 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use secrecy::ExposeSecret;
+use serde::Serialize;
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
+use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -20,6 +22,7 @@ use crate::auth::{AuthError, Caller};
 use crate::domain::FieldError;
 use crate::edge::{client_ip_of, limit_key};
 use crate::error::{ApiError, StorageFailure};
+use crate::wire::{Detail, ValidationErrorBody};
 
 /// Header carrying `ALERTS_API_KEY`.
 const API_KEY_HEADER: &str = "x-api-key";
@@ -40,14 +43,14 @@ pub fn routes() -> OpenApiRouter<AppState> {
     request_body = super::openapi::AlertRequest,
     security(("bearerAuth" = []), ("apiKey" = [])),
     responses(
-        (status = 200, description = "Sent, or suppressed as a duplicate", body = super::openapi::AlertSent),
-        (status = 401, description = "No or wrong credentials", body = super::openapi::Detail),
-        (status = 403, description = "A valid JWT that is not an admin's", body = super::openapi::Detail),
-        (status = 413, description = "Body over the limit", body = super::openapi::Detail),
-        (status = 422, description = "Blank content or an unknown channel", body = super::openapi::ValidationErrorBody),
-        (status = 429, description = "A rate limit applies", body = super::openapi::Detail),
-        (status = 502, description = "Discord refused", body = super::openapi::AlertFailure),
-        (status = 503, description = "Not configured, Discord unreachable or rate-limiting", body = super::openapi::AlertFailure),
+        (status = 200, description = "Sent, or suppressed as a duplicate", body = AlertSent),
+        (status = 401, description = "No or wrong credentials", body = Detail),
+        (status = 403, description = "A valid JWT that is not an admin's", body = Detail),
+        (status = 413, description = "Body over the limit", body = Detail),
+        (status = 422, description = "Blank content or an unknown channel", body = ValidationErrorBody),
+        (status = 429, description = "A rate limit applies", body = Detail),
+        (status = 502, description = "Discord refused", body = AlertFailure),
+        (status = 503, description = "Not configured, Discord unreachable or rate-limiting", body = AlertFailure),
     ),
 )]
 #[tracing::instrument(name = "send_discord_alert", skip_all)]
@@ -55,7 +58,7 @@ pub async fn send_discord_alert(
     State(state): State<AppState>,
     _sender: AlertSender,
     body: CheckedBody,
-) -> Result<Json<Value>, AlertRouteError> {
+) -> Result<Json<AlertSent>, AlertRouteError> {
     let body = body.parse()?;
     let (channel, content) = parse(&body.value).map_err(|errors| body.invalid(errors))?;
     let alerter = state.alerts.as_ref().ok_or(AlertError::NotConfigured)?;
@@ -63,14 +66,65 @@ pub async fn send_discord_alert(
         Alert::Sent {
             channel_id,
             message_ids,
-        } => json!({
-            "status": "Message sent",
-            "channel_id": channel_id,
-            "message_ids": message_ids,
-        }),
-        Alert::Suppressed => json!({ "status": "Suppressed duplicate" }),
+        } => AlertSent {
+            status: "Message sent",
+            channel_id: Some(channel_id),
+            message_ids: Some(message_ids),
+        },
+        Alert::Suppressed => AlertSent {
+            status: "Suppressed duplicate",
+            channel_id: None,
+            message_ids: None,
+        },
     };
     Ok(Json(answer))
+}
+
+/// 200 of the alerts endpoint.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AlertSent {
+    /// `Message sent`, or `Suppressed duplicate` (then the other fields are absent).
+    #[schema(value_type = String)]
+    status: &'static str,
+    /// The Discord channel id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    channel_id: Option<String>,
+    /// The Discord message ids, one per part.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message_ids: Option<Vec<String>>,
+}
+
+/// 502/503 of the alerts endpoint when Discord did not take the alert.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AlertFailure {
+    /// What Discord or the client reported.
+    detail: DiscordStatus,
+}
+
+/// What became of an alert Discord did not take.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DiscordStatus {
+    /// The failure, e.g. `Channel not found: ops`, `Discord is unreachable: …`.
+    status: String,
+    /// Discord's JSON error code (`null` when it sent none); only when Discord refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<i64>, nullable)]
+    code: Option<Option<i64>>,
+    /// Discord's message; only when Discord refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<String>,
+}
+
+impl DiscordStatus {
+    fn only(status: String) -> Json<AlertFailure> {
+        Json(AlertFailure {
+            detail: DiscordStatus {
+                status,
+                code: None,
+                message: None,
+            },
+        })
+    }
 }
 
 /// Proof that the request may send an alert, checked before its body is read.
@@ -213,12 +267,14 @@ impl IntoResponse for AlertRouteError {
         match self {
             AlertRouteError::Api(err) => err.into_response(),
             AlertRouteError::Auth(err) => err.into_response(),
-            AlertRouteError::BadApiKey => {
-                (StatusCode::UNAUTHORIZED, detail(json!("Invalid API key"))).into_response()
-            }
+            AlertRouteError::BadApiKey => (
+                StatusCode::UNAUTHORIZED,
+                Json(Detail::new("Invalid API key")),
+            )
+                .into_response(),
             AlertRouteError::NotAdmin => (
                 StatusCode::FORBIDDEN,
-                detail(json!("Admin access required")),
+                Json(Detail::new("Admin access required")),
             )
                 .into_response(),
             AlertRouteError::Alert(err) => alert_response(err),
@@ -226,36 +282,40 @@ impl IntoResponse for AlertRouteError {
     }
 }
 
-fn detail(value: Value) -> Json<Value> {
-    Json(json!({ "detail": value }))
-}
-
 /// The original's answers (docs/OPERATIONS.md, "Discord alerts"): 422, 503 (not
 /// configured / retry later), 502 (Discord said no).
 fn alert_response(err: AlertError) -> Response {
     let status_text = err.to_string();
     match err {
-        AlertError::EmptyContent => {
-            (StatusCode::UNPROCESSABLE_ENTITY, detail(json!(status_text))).into_response()
-        }
-        AlertError::NotConfigured => {
-            (StatusCode::SERVICE_UNAVAILABLE, detail(json!(status_text))).into_response()
-        }
-        AlertError::ChannelNotFound(_) | AlertError::NotTextChannel(_) => (
-            StatusCode::BAD_GATEWAY,
-            detail(json!({ "status": status_text })),
+        AlertError::EmptyContent => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(Detail::new(status_text)),
         )
             .into_response(),
+        AlertError::NotConfigured => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(Detail::new(status_text)),
+        )
+            .into_response(),
+        AlertError::ChannelNotFound(_) | AlertError::NotTextChannel(_) => {
+            (StatusCode::BAD_GATEWAY, DiscordStatus::only(status_text)).into_response()
+        }
         AlertError::Refused { code, message, .. } => (
             StatusCode::BAD_GATEWAY,
-            detail(json!({ "status": status_text, "code": code, "message": message })),
+            Json(AlertFailure {
+                detail: DiscordStatus {
+                    status: status_text,
+                    code: Some(code),
+                    message: Some(message),
+                },
+            }),
         )
             .into_response(),
         AlertError::RateLimited { retry_after } | AlertError::Unavailable { retry_after, .. } => {
             let seconds = retry_after.as_secs_f64().ceil().max(1.0) as u64;
             let mut response = (
                 StatusCode::SERVICE_UNAVAILABLE,
-                detail(json!({ "status": status_text })),
+                DiscordStatus::only(status_text),
             )
                 .into_response();
             response

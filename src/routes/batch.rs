@@ -57,8 +57,9 @@ impl Config {
 }
 
 /// One item's outcome: `{"id": "…"}` or `{"error": [<422 error objects>]}`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
+#[schema(as = BatchItemResult)]
 pub enum ItemResult {
     /// Stored with this id.
     Id(String),
@@ -141,7 +142,7 @@ fn plan<T, R>(
     request_body(content = Vec<super::openapi::LogRawMetricRequest>, description = "1 to `ingest.batch_max_items` metric bodies"),
     security(("bearerAuth" = [])),
     responses(
-        (status = 200, description = "One result per item, in order", body = Vec<super::openapi::BatchItemResult>),
+        (status = 200, description = "One result per item, in order", body = Vec<ItemResult>),
         super::openapi::ErrorResponses,
     ),
 )]
@@ -183,7 +184,7 @@ pub async fn log_raw_metric_batch(
     request_body(content = Vec<super::openapi::LogRawAnalyticsRequest>, description = "1 to `ingest.batch_max_items` event bodies"),
     security(("bearerAuth" = [])),
     responses(
-        (status = 200, description = "One result per item, in order", body = Vec<super::openapi::BatchItemResult>),
+        (status = 200, description = "One result per item, in order", body = Vec<ItemResult>),
         super::openapi::ErrorResponses,
     ),
 )]

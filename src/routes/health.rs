@@ -1,11 +1,11 @@
 //! `GET /healthz` (the process answers) and `GET /readyz` (the database answers and takes
 //! writes).
 
+use crate::wire::{Detail, Status};
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -21,17 +21,17 @@ pub fn routes() -> OpenApiRouter<AppState> {
 
 /// Liveness: always 200 while the process serves.
 #[utoipa::path(get, path = "/healthz", operation_id = "getHealthz", tag = "health",
-    responses((status = 200, description = "The process serves", body = super::openapi::Status)))]
-pub async fn healthz() -> Json<serde_json::Value> {
-    Json(json!({ "status": "ok" }))
+    responses((status = 200, description = "The process serves", body = Status)))]
+pub async fn healthz() -> Json<Status> {
+    Json(Status::OK)
 }
 
 /// Readiness: 200 when the database answers and group commits progress, else 503 with
 /// `Retry-After`.
 #[utoipa::path(get, path = "/readyz", operation_id = "getReadyz", tag = "health",
     responses(
-        (status = 200, description = "The database answers", body = super::openapi::Status),
-        (status = 503, description = "The database does not answer, or queued rows are not being committed", body = super::openapi::Detail,
+        (status = 200, description = "The database answers", body = Status),
+        (status = 503, description = "The database does not answer, or queued rows are not being committed", body = Detail,
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
     ))]
 pub async fn readyz(State(state): State<AppState>) -> Response {
@@ -42,7 +42,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         return unavailable("Database writes are stalled");
     }
     match tokio::time::timeout(PING_TIMEOUT, state.store.ping()).await {
-        Ok(Ok(())) => Json(json!({ "status": "ok" })).into_response(),
+        Ok(Ok(())) => Json(Status::OK).into_response(),
         Ok(Err(err)) => {
             tracing::warn!(error = ?err, "readiness check: database not answering");
             unavailable("Database unavailable")
@@ -58,11 +58,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
 const PING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn unavailable(detail: &'static str) -> Response {
-    let mut response = (
-        StatusCode::SERVICE_UNAVAILABLE,
-        Json(json!({ "detail": detail })),
-    )
-        .into_response();
+    let mut response = (StatusCode::SERVICE_UNAVAILABLE, Json(Detail::new(detail))).into_response();
     response
         .headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));

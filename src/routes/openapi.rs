@@ -2,8 +2,9 @@
 //!
 //! Operations come from the `#[utoipa::path]` attributes on the handlers, registered with
 //! utoipa-axum's `routes!` in each route module; this file holds what is shared: the info
-//! block, the bearer security scheme and the request/response schemas (documentation
-//! types only: the handlers validate with `crate::domain`).
+//! block, the bearer security scheme, and the three request bodies as documentation types
+//! (the handlers validate raw JSON with `crate::domain`, as pydantic did). Response bodies
+//! are the types the handlers send (`crate::wire`, the route modules).
 
 use axum::Router;
 use serde_json::Value;
@@ -12,6 +13,8 @@ use utoipa::{Modify, OpenApi, ToSchema};
 use utoipa_swagger_ui::SwaggerUi;
 
 use super::AppState;
+use crate::domain::FieldError;
+use crate::wire::{Detail, MessageHint, Status, StorageErrorBody, ValidationErrorBody};
 
 /// Name of the bearer scheme operations refer to in `security(("bearerAuth" = []))`.
 pub const BEARER: &str = "bearerAuth";
@@ -34,16 +37,13 @@ pub const DOCS_PATH: &str = "/docs";
     components(schemas(
         LogRawMetricRequest,
         LogRawAnalyticsRequest,
+        AlertRequest,
         Detail,
         ValidationErrorBody,
-        FieldErrorBody,
+        FieldError,
         StorageErrorBody,
-        StorageErrorDetail,
+        MessageHint,
         Status,
-        BatchItemResult,
-        AlertRequest,
-        AlertSent,
-        AlertFailure,
     )),
     modifiers(&BearerScheme),
     tags(
@@ -184,71 +184,6 @@ pub struct LogRawAnalyticsRequest {
     data_index: String,
 }
 
-/// `{"detail": "<text>"}`: 401, 403, 404, 405, 413, 429.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct Detail {
-    /// What went wrong.
-    detail: String,
-}
-
-/// 422: every field error at once, in pydantic's words.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct ValidationErrorBody {
-    /// `Invalid data for POST <path>`.
-    message: String,
-    /// The field errors.
-    detail: Vec<FieldErrorBody>,
-    /// `Ensure the request matches the API schema.`
-    hint: String,
-}
-
-/// One pydantic-style field error.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct FieldErrorBody {
-    /// Error kind, e.g. `missing`, `string_too_short`, `json_invalid`.
-    r#type: String,
-    /// Where: `["body", "<field>"]`, or a position for `json_invalid`.
-    #[schema(value_type = Vec<Value>)]
-    loc: Vec<Value>,
-    /// Human-readable message.
-    msg: String,
-    /// The offending input.
-    #[schema(value_type = Value)]
-    input: Value,
-    /// Limits of the failed check, e.g. `{"min_length": 1}`.
-    #[schema(value_type = Option<Object>)]
-    ctx: Option<Value>,
-}
-
-/// 500 and 503: `{"detail": {"message", "hint"}}`.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct StorageErrorBody {
-    /// What failed, and what to do.
-    detail: StorageErrorDetail,
-}
-
-/// The inside of a storage error.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct StorageErrorDetail {
-    /// A safe summary (never a driver error).
-    message: String,
-    /// What to do about it.
-    hint: String,
-}
-
-/// `{"status": "ok"}` of the probes.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct Status {
-    /// Always `ok`.
-    status: String,
-}
-
 /// The error answers every ingestion operation may give.
 #[derive(utoipa::IntoResponses)]
 #[allow(dead_code)]
@@ -281,16 +216,6 @@ pub enum ErrorResponses {
     Unavailable(StorageErrorBody),
 }
 
-/// One item's outcome in a batch answer: `{"id": "…"}` when stored, else `{"error": […]}`.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct BatchItemResult {
-    /// The stored row's id.
-    id: Option<String>,
-    /// Why the item was refused (the 422 error objects, `loc` with the item's index).
-    error: Option<Vec<FieldErrorBody>>,
-}
-
 /// Body of `POST /api/alerts/discord`.
 #[derive(ToSchema)]
 #[allow(dead_code)]
@@ -301,26 +226,4 @@ pub struct AlertRequest {
     /// `platform` (default) or `product`.
     #[schema(pattern = "^(platform|product)$")]
     channel: Option<String>,
-}
-
-/// 200 of the alerts endpoint.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct AlertSent {
-    /// `Message sent`, or `Suppressed duplicate` (then the other fields are absent).
-    status: String,
-    /// The Discord channel id.
-    channel_id: Option<String>,
-    /// The Discord message ids, one per part.
-    message_ids: Option<Vec<String>>,
-}
-
-/// 502/503 of the alerts endpoint: `{"detail": {"status": "…", "code"?, "message"?}}`, or
-/// `{"detail": "Discord alerts are not configured"}`.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct AlertFailure {
-    /// What Discord or the client reported.
-    #[schema(value_type = Value)]
-    detail: Value,
 }

@@ -5,6 +5,7 @@
 use std::any::Any;
 use std::time::{Duration, Instant};
 
+use crate::wire::StorageErrorBody;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{MatchedPath, Request, State};
@@ -12,7 +13,6 @@ use axum::http::{HeaderName, HeaderValue, Method, Response, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::IntoResponse;
 use sentry::integrations::tower::{NewSentryLayer, SentryHttpLayer};
-use serde_json::json;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -205,10 +205,10 @@ pub fn sentry_trace_from_traceparent(traceparent: &str) -> Option<String> {
 /// through the panic hook, so this line is not reported again.
 fn panic_response(_payload: Box<dyn Any + Send + 'static>) -> Response<Body> {
     tracing::error!(target: REPORTED_TARGET, "request handler panicked");
-    let body = json!({ "detail": {
-        "message": "Internal server error",
-        "hint": "The error was reported; retry later.",
-    }});
+    let body = StorageErrorBody::new(
+        "Internal server error",
+        "The error was reported; retry later.",
+    );
     (StatusCode::INTERNAL_SERVER_ERROR, axum::Json(body)).into_response()
 }
 

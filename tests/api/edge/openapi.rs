@@ -160,3 +160,240 @@ async fn the_docs_page_and_its_assets_are_served_without_the_network() {
     assert!(bundle.bytes().await.unwrap().len() > 100_000);
     assert!(initializer.text().await.unwrap().contains("/openapi.json"));
 }
+
+/// Where `body`, answered with `status` by `method path`, departs from the response schema
+/// the served document gives for that status; the status must be documented.
+fn mismatches(spec: &Value, method: &str, path: &str, status: u16, body: &Value) -> Vec<String> {
+    let response = &spec["paths"][path][method]["responses"][status.to_string()];
+    assert!(
+        response.is_object(),
+        "{method} {path} answered {status}, which the document does not list: {body}"
+    );
+    let schema = &response["content"]["application/json"]["schema"];
+    assert!(
+        schema.is_object(),
+        "{method} {path} {status} has a JSON schema"
+    );
+    // The schema's `$ref`s point into the document's components: validate against a
+    // root that holds both.
+    let mut root = schema.as_object().unwrap().clone();
+    root.insert("components".to_owned(), spec["components"].clone());
+    let validator = jsonschema::validator_for(&Value::Object(root)).expect("a valid schema");
+    validator
+        .iter_errors(body)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect()
+}
+
+fn conforms(spec: &Value, method: &str, path: &str, status: u16, body: &Value) {
+    let errors = mismatches(spec, method, path, status, body);
+    assert!(
+        errors.is_empty(),
+        "{method} {path} {status}: the answer does not match the document:\n{}\n{body}",
+        errors.join("\n")
+    );
+}
+
+/// (method, path, Authorization, extra header, body, expected status).
+type Case<'a> = (
+    &'a str,
+    &'a str,
+    &'a str,
+    Option<(&'a str, &'a str)>,
+    String,
+    u16,
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_answers_of_every_route_match_the_served_document() {
+    use wiremock::matchers::{method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    let discord = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/channels/42"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(serde_json::json!({"id": "42", "type": 0})),
+        )
+        .mount(&discord)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/channels/42/messages"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({"id": "m1"})))
+        .mount(&discord)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/channels/77"))
+        .respond_with(
+            ResponseTemplate::new(404)
+                .set_body_json(serde_json::json!({"code": 10003, "message": "Unknown Channel"})),
+        )
+        .mount(&discord)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/users/@me/guilds"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!([])))
+        .mount(&discord)
+        .await;
+    let base = discord.uri();
+    let app = TestApp::spawn_with(Backend::Sqlite, |s| {
+        s.alerts.bot_token = "bot-token".to_owned().into();
+        s.alerts.api_base_url = base;
+        s.alerts.platform_channel = "42".to_owned();
+        s.alerts.product_channel = "77".to_owned();
+    })
+    .await;
+    let spec = spec(&app).await;
+    let user = format!("Bearer {}", app.token("user-1"));
+    let admin = format!("Bearer {}", app.admin_token("admin-1"));
+    let metric = r#"{"metric_name":"m","metric_value":1.5,"data_string":"d"}"#;
+    let event = r#"{"type":"t","data":{"a":1},"data_index":"i"}"#;
+    let too_large = format!(r#"{{"metric_name":"{}"}}"#, "x".repeat(2 << 20));
+    let m = "/api/analytics/log_raw_metric";
+    let e = "/api/analytics/log_raw_analytics";
+    let mb = "/api/analytics/log_raw_metric/batch";
+    let eb = "/api/analytics/log_raw_analytics/batch";
+    let alert = "/api/alerts/discord";
+    let cases: Vec<Case> = vec![
+        ("post", m, &user, None, metric.to_owned(), 200),
+        ("post", m, "", None, metric.to_owned(), 401),
+        (
+            "post",
+            m,
+            &user,
+            Some(("X-Act-As-User-Id", "other")),
+            metric.to_owned(),
+            403,
+        ),
+        ("post", m, &user, None, too_large, 413),
+        (
+            "post",
+            m,
+            &user,
+            None,
+            r#"{"metric_name":""}"#.to_owned(),
+            422,
+        ),
+        ("post", m, &user, None, "not json".to_owned(), 422),
+        ("post", e, &user, None, event.to_owned(), 200),
+        ("post", e, "Bearer not-a-jwt", None, event.to_owned(), 401),
+        ("post", e, &user, None, r#"["t",{},"i"]"#.to_owned(), 422),
+        (
+            "post",
+            mb,
+            &user,
+            None,
+            format!(r#"[{metric},{{"metric_value":-1}}]"#),
+            200,
+        ),
+        (
+            "post",
+            mb,
+            &user,
+            None,
+            r#"{"not":"a list"}"#.to_owned(),
+            422,
+        ),
+        ("post", eb, &user, None, format!("[{event}]"), 200),
+        ("post", eb, "", None, format!("[{event}]"), 401),
+        (
+            "post",
+            alert,
+            &admin,
+            None,
+            r#"{"content":"disk full"}"#.to_owned(),
+            200,
+        ),
+        (
+            "post",
+            alert,
+            &admin,
+            None,
+            r#"{"content":"disk full"}"#.to_owned(),
+            200,
+        ),
+        (
+            "post",
+            alert,
+            &admin,
+            None,
+            r#"{"content":"x","channel":"product"}"#.to_owned(),
+            502,
+        ),
+        (
+            "post",
+            alert,
+            &admin,
+            None,
+            r#"{"content":"  "}"#.to_owned(),
+            422,
+        ),
+        (
+            "post",
+            alert,
+            &user,
+            None,
+            r#"{"content":"x"}"#.to_owned(),
+            403,
+        ),
+        (
+            "post",
+            alert,
+            "",
+            Some(("X-API-Key", "wrong")),
+            r#"{"content":"x"}"#.to_owned(),
+            401,
+        ),
+        ("get", "/healthz", "", None, String::new(), 200),
+        ("get", "/readyz", "", None, String::new(), 200),
+    ];
+
+    for (verb, path, authorization, extra, body, expected) in cases {
+        let mut request = app
+            .client
+            .request(verb.to_uppercase().parse().unwrap(), app.url(path))
+            .header("content-type", "application/json");
+        if !authorization.is_empty() {
+            request = request.header("authorization", authorization);
+        }
+        if let Some((name, value)) = extra {
+            request = request.header(name, value);
+        }
+        if verb == "post" {
+            request = request.body(body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let answer: Value = response.json().await.expect("a JSON answer");
+
+        assert_eq!(status, expected, "{verb} {path}: {answer}");
+        conforms(&spec, verb, path, status, &answer);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_of_another_shape_does_not_match_the_document() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let spec = spec(&app).await;
+    let m = "/api/analytics/log_raw_metric";
+
+    let number_detail = mismatches(&spec, "post", m, 401, &serde_json::json!({"detail": 5}));
+    let no_hint = mismatches(
+        &spec,
+        "post",
+        m,
+        422,
+        &serde_json::json!({"message": "x", "detail": []}),
+    );
+    let bad_item = mismatches(
+        &spec,
+        "post",
+        "/api/analytics/log_raw_metric/batch",
+        200,
+        &serde_json::json!([{"id": 7}]),
+    );
+
+    assert!(!number_detail.is_empty());
+    assert!(!no_hint.is_empty());
+    assert!(!bad_item.is_empty());
+}

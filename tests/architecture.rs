@@ -21,7 +21,7 @@ const LAYERS: &[&[&str]] = &[
         "telemetry",
     ],
     &["store"],
-    &["domain", "clock", "server"],
+    &["wire", "domain", "clock", "server"],
 ];
 
 /// Module → the modules it imports, read from `crate::…` paths in `src/`.

@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
 """Hostile clients for bench/abuse.sh, against 127.0.0.1 only, for a bounded time.
 
-Usage: hostile.py PORT SECONDS TOKEN
+Usage: hostile.py PORT SECONDS TOKEN  (HOSTILE_ONLY=nan|anonymous|idle|slow runs one kind)
 Runs at once: clients posting the NaN document (a valid token, 200,000 NaN tokens deep in
 `data`), clients posting 1 MiB bodies without a token, idle sockets that never send a
 request, and slow senders that trickle a request a byte at a time. Prints what each got.
 """
 import asyncio
 import collections
+import os
 import sys
 
 HOST = "127.0.0.1"
@@ -87,10 +88,14 @@ async def main():
                   b'{"metric_name":"m","metric_value":1,"data_string":"' + b"x" * ((1 << 20) - 100) + b'"}',
                   auth=False)
     slow = request("/api/analytics/log_raw_metric", b'{"metric_name":"m"}', auth=True)
-    tasks = [poster("nan", nan, deadline) for _ in range(4)]
-    tasks += [poster("anonymous 1MiB", big, deadline) for _ in range(32)]
-    tasks += [idle_socket(deadline) for _ in range(200)]
-    tasks += [slow_sender(slow, deadline) for _ in range(50)]
+    only = os.environ.get("HOSTILE_ONLY")
+    kinds = {
+        "nan": lambda: [poster("nan", nan, deadline) for _ in range(4)],
+        "anonymous": lambda: [poster("anonymous 1MiB", big, deadline) for _ in range(32)],
+        "idle": lambda: [idle_socket(deadline) for _ in range(200)],
+        "slow": lambda: [slow_sender(slow, deadline) for _ in range(50)],
+    }
+    tasks = [task for kind, make in kinds.items() if only in (None, kind) for task in make()]
     await asyncio.gather(*tasks)
     for what, n in sorted(counts.items()):
         print(f"hostile,{what},{n}")

@@ -89,6 +89,10 @@ pub fn routes(spec: utoipa::openapi::OpenApi) -> Router<AppState> {
     SwaggerUi::new(DOCS_PATH).url(SPEC_PATH, spec).into()
 }
 
+// Three routes are answered by other code (SwaggerUi serves the document and the page; the
+// metrics router is mounted apart, maybe on the admin port): these empty functions only
+// carry their operations into the document.
+
 /// This document.
 #[utoipa::path(
     get,
@@ -97,8 +101,7 @@ pub fn routes(spec: utoipa::openapi::OpenApi) -> Router<AppState> {
     tag = "docs",
     responses((status = 200, description = "The OpenAPI 3.1 document", content_type = "application/json", body = Object)),
 )]
-#[allow(dead_code)]
-fn openapi_json() {}
+pub fn openapi_json() {}
 
 /// Prometheus metrics, text format (on `metrics.admin_port` instead, when that is set).
 #[utoipa::path(
@@ -108,8 +111,7 @@ fn openapi_json() {}
     tag = "health",
     responses((status = 200, description = "Prometheus text format 0.0.4", content_type = "text/plain", body = String)),
 )]
-#[allow(dead_code)]
-fn metrics_text() {}
+pub fn metrics_text() {}
 
 /// The interactive docs page (Swagger UI, served from built-in assets).
 #[utoipa::path(
@@ -119,22 +121,20 @@ fn metrics_text() {}
     tag = "docs",
     responses((status = 200, description = "The Swagger UI page", content_type = "text/html", body = String)),
 )]
-#[allow(dead_code)]
-fn docs_page() {}
+pub fn docs_page() {}
 
 /// Body of `POST /api/analytics/log_raw_metric`. Unknown keys are ignored.
 #[derive(ToSchema)]
-#[allow(dead_code)]
 pub struct LogRawMetricRequest {
     /// The metric's name.
     #[schema(min_length = 1)]
-    metric_name: String,
+    pub metric_name: String,
     /// A finite number ≥ 0; a numeric string such as `"2.5"` is converted.
     #[schema(schema_with = metric_value_schema)]
-    metric_value: f64,
+    pub metric_value: f64,
     /// Free text stored with the value.
     #[schema(min_length = 1)]
-    data_string: String,
+    pub data_string: String,
 }
 
 /// Unicode White_Space, which the numeric-string conversion trims (as Python's `float`).
@@ -174,19 +174,17 @@ fn metric_value_schema() -> utoipa::openapi::schema::Schema {
 
 /// Body of `POST /api/analytics/log_raw_analytics`. Unknown keys are ignored.
 #[derive(ToSchema)]
-#[allow(dead_code)]
 pub struct LogRawAnalyticsRequest {
     /// The event type.
-    r#type: String,
+    pub r#type: String,
     /// Any JSON object; control characters are stripped from its strings.
-    data: std::collections::HashMap<String, Value>,
+    pub data: std::collections::HashMap<String, Value>,
     /// The value the event is indexed by.
-    data_index: String,
+    pub data_index: String,
 }
 
 /// The error answers every ingestion operation may give.
 #[derive(utoipa::IntoResponses)]
-#[allow(dead_code)]
 pub enum ErrorResponses {
     /// Missing, malformed, expired or otherwise invalid token.
     #[response(status = 401, headers(("WWW-Authenticate" = String, description = "`Bearer`")))]
@@ -218,12 +216,11 @@ pub enum ErrorResponses {
 
 /// Body of `POST /api/alerts/discord`.
 #[derive(ToSchema)]
-#[allow(dead_code)]
 pub struct AlertRequest {
     /// The alert text (not blank); over 2000 characters it goes out as several messages.
     #[schema(min_length = 1, max_length = 20000)]
-    content: String,
+    pub content: String,
     /// `platform` (default) or `product`.
     #[schema(pattern = "^(platform|product)$")]
-    channel: Option<String>,
+    pub channel: Option<String>,
 }

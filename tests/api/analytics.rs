@@ -47,8 +47,7 @@ async fn nested_data_round_trips(app: TestApp) {
 
 async fn control_characters_in_data_are_stripped_also_from_keys(app: TestApp) {
     let token = app.token("user-7");
-    let body =
-        event_body("t\u{7f}", json!({"k\u{0}": ["\u{0}v\tw"]}), "\u{1b}i");
+    let body = event_body("t\u{7f}", json!({"k\u{0}": ["\u{0}v\tw"]}), "\u{1b}i");
 
     let response = app.post_json(PATH, &body, Some(&token)).await;
 
@@ -121,7 +120,7 @@ async fn an_index_key_too_long_for_the_database_index_is_a_422_not_a_500(app: Te
             char::from(b'a' + (seed >> 59) as u8 % 26)
         })
         .collect();
-    let long = event_body("t", json!({}), random);
+    let long = event_body("t", json!({}), random.as_str());
     let at_limit = event_body("t", json!({}), &random[..1000]);
 
     let refused = app.post_json(PATH, &long, Some(&token)).await;

@@ -48,7 +48,10 @@ fn without(mut claims: Value, key: &str) -> Value {
 }
 
 async fn send(app: &TestApp, authorization: Option<&str>) -> (u16, Value, Option<String>) {
-    let mut request = app.client.post(app.url(PATH)).json(&metric_body("m", 1, "d"));
+    let mut request = app
+        .client
+        .post(app.url(PATH))
+        .json(&metric_body("m", 1, "d"));
     if let Some(value) = authorization {
         request = request.header("authorization", value);
     }

@@ -3,7 +3,7 @@
 use serde_json::{Value, json};
 use sqlx::Executor;
 
-use crate::helpers::{Backend, TestApp, metric_storage_503_body, event_body, metric_body};
+use crate::helpers::{Backend, TestApp, event_body, metric_body, metric_storage_503_body};
 use crate::on_both_backends;
 
 const METRICS: &str = "/api/analytics/log_raw_metric/batch";
@@ -100,9 +100,7 @@ on_both_backends!(
 #[tokio::test]
 async fn batches_need_a_token_and_have_their_own_body_limit() {
     let app = TestApp::spawn_with(Backend::Sqlite, |s| s.batch.body_limit_bytes = 500).await;
-    let big: Vec<Value> = (0..20)
-        .map(|_| metric_body("aaaa", 1, "d"))
-        .collect();
+    let big: Vec<Value> = (0..20).map(|_| metric_body("aaaa", 1, "d")).collect();
 
     let anonymous = app.post_json(METRICS, &json!([]), None).await;
     let too_big = app

@@ -14,7 +14,7 @@ use analytics_service::ingest::BatchRow;
 use analytics_service::settings::Settings;
 use analytics_service::store::MetricRow;
 
-use crate::helpers::{Backend, TestApp, metric_storage_503_body, eventually, metric_body};
+use crate::helpers::{Backend, TestApp, eventually, metric_body, metric_storage_503_body};
 use crate::on_both_backends;
 
 const METRIC: &str = "/api/analytics/log_raw_metric";
@@ -70,7 +70,9 @@ async fn stored_metrics(app: &TestApp) -> i64 {
 }
 
 async fn concurrent_requests_get_distinct_ids_and_all_rows_are_stored(app: TestApp) {
-    let bodies = (0..200).map(|i| metric_body(format!("m{i}"), 1, "d")).collect();
+    let bodies = (0..200)
+        .map(|i| metric_body(format!("m{i}"), 1, "d"))
+        .collect();
 
     let answers = post_all(&app, bodies).await;
 
@@ -102,7 +104,9 @@ async fn five_hundred_concurrent_requests_take_fewer_transactions_than_requests(
         s.edge.rate_limit.user_per_second = 0.0
     })
     .await;
-    let bodies = (0..500).map(|i| metric_body(format!("m{i}"), 1, "d")).collect();
+    let bodies = (0..500)
+        .map(|i| metric_body(format!("m{i}"), 1, "d"))
+        .collect();
 
     let answers = post_all(&app, bodies).await;
 
@@ -141,7 +145,9 @@ async fn no_transaction_passes_the_byte_limit_and_no_row_is_lost() {
         s.ingest.max_wait = Duration::from_micros(300_000);
     })
     .await;
-    let bodies = (0..20).map(|i| metric_body(format!("m{i:02}"), 1, "d")).collect();
+    let bodies = (0..20)
+        .map(|i| metric_body(format!("m{i:02}"), 1, "d"))
+        .collect();
 
     let answers = post_all(&app, bodies).await;
 
@@ -174,7 +180,9 @@ async fn a_row_the_database_refuses_fails_only_its_own_request() {
     conn.execute(r#"alter table "AnalyticsMetrics" add constraint no_poison check ("analyticMetric" <> 'poison')"#)
         .await
         .unwrap();
-    let mut bodies: Vec<Value> = (0..39).map(|i| metric_body(format!("m{i}"), 1, "d")).collect();
+    let mut bodies: Vec<Value> = (0..39)
+        .map(|i| metric_body(format!("m{i}"), 1, "d"))
+        .collect();
     bodies.insert(17, metric_body("poison", 1, "d"));
 
     let answers = post_all(&app, bodies).await;
@@ -235,7 +243,11 @@ async fn shutdown_with_a_full_queue_answers_every_accepted_request() {
     let token = app.token("user-1");
     let mut requests = JoinSet::new();
     for i in 0..20 {
-        requests.spawn(send_metric(&app, &token, &metric_body(format!("m{i}"), 1, "d")));
+        requests.spawn(send_metric(
+            &app,
+            &token,
+            &metric_body(format!("m{i}"), 1, "d"),
+        ));
     }
     app.wait_for_lock_waiter().await;
 
@@ -283,20 +295,26 @@ async fn queue_behind_a_locked_table(
 /// `user-1`'s requests for the metrics named `names`.
 fn metrics_of_user_1(app: &TestApp, names: impl Iterator<Item = String>) -> Vec<(String, Value)> {
     let token = app.token("user-1");
-    names.map(|name| (token.clone(), metric_body(name.as_str(), 1, "d"))).collect()
+    names
+        .map(|name| (token.clone(), metric_body(name.as_str(), 1, "d")))
+        .collect()
 }
 
 /// Waits until no other session of the app's database runs a statement.
 async fn wait_until_the_database_is_quiet(conn: &mut PgConnection) {
-    eventually("the database to go quiet", Duration::from_secs(5), async || {
-        let busy = count(
-            conn,
-            "select count(*) from pg_stat_activity where datname = current_database() \
+    eventually(
+        "the database to go quiet",
+        Duration::from_secs(5),
+        async || {
+            let busy = count(
+                conn,
+                "select count(*) from pg_stat_activity where datname = current_database() \
              and state = 'active' and pid <> pg_backend_pid()",
-        )
-        .await;
-        busy == 0
-    })
+            )
+            .await;
+            busy == 0
+        },
+    )
     .await;
 }
 
@@ -337,7 +355,9 @@ async fn a_writer_whose_connection_the_server_drops_takes_a_new_one() {
     })
     .await;
     let token = app.token("user-1");
-    let stored = app.post_json(METRIC, &metric_body("before", 1, "d"), Some(&token)).await;
+    let stored = app
+        .post_json(METRIC, &metric_body("before", 1, "d"), Some(&token))
+        .await;
     assert_eq!(stored.status(), 200);
     let mut conn = app.pg().await;
 
@@ -388,7 +408,11 @@ async fn an_idle_writer_holds_none_of_the_stores_connections(app: TestApp) {
     // PostgreSQL writers have a connection of their own; SQLite's give theirs back to the
     // store's pool after 100 ms without rows. Either way the batch endpoints get the pool.
     let stored = app
-        .post_json(METRIC, &metric_body("one", 1, "d"), Some(&app.token("user-1")))
+        .post_json(
+            METRIC,
+            &metric_body("one", 1, "d"),
+            Some(&app.token("user-1")),
+        )
         .await;
     tokio::time::sleep(Duration::from_millis(400)).await;
 
@@ -536,7 +560,11 @@ async fn a_request_that_timed_out_leaves_no_row_behind() {
     }
     commit_after(&mut blocker, 0).await;
     let later = app
-        .post_json(METRIC, &metric_body("later", 1, "d"), Some(&app.token("user-1")))
+        .post_json(
+            METRIC,
+            &metric_body("later", 1, "d"),
+            Some(&app.token("user-1")),
+        )
         .await;
 
     for response in timed_out {
@@ -570,7 +598,11 @@ async fn a_queue_full_of_bytes_answers_503_with_retry_after() {
     app.wait_for_lock_waiter().await;
     let mut rest = JoinSet::new();
     for i in 1..6 {
-        rest.spawn(send_metric(&app, &token, &metric_body(format!("m{i:02}"), 1, "d")));
+        rest.spawn(send_metric(
+            &app,
+            &token,
+            &metric_body(format!("m{i:02}"), 1, "d"),
+        ));
     }
     // Accepted rows wait behind the lock, so the first three answers are the refusals.
     let mut refused = Vec::new();

@@ -409,7 +409,11 @@ pub fn metric_body(
 }
 
 /// A body for `POST /api/analytics/log_raw_analytics` (or one item of the event batch).
-pub fn event_body(kind: impl Into<Value>, data: impl Into<Value>, index: impl Into<Value>) -> Value {
+pub fn event_body(
+    kind: impl Into<Value>,
+    data: impl Into<Value>,
+    index: impl Into<Value>,
+) -> Value {
     json!({"type": kind.into(), "data": data.into(), "data_index": index.into()})
 }
 

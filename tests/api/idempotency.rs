@@ -1,12 +1,12 @@
 //! `Idempotency-Key` on both analytics endpoints, against a real database.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use sqlx::Connection;
 
-use crate::helpers::{Backend, TestApp, eventually, event_body, metric_body};
+use crate::helpers::{Backend, TestApp, event_body, eventually, metric_body};
 use crate::on_both_backends;
 
 const METRIC: &str = "/api/analytics/log_raw_metric";
@@ -89,9 +89,29 @@ async fn a_replay_answers_the_original_id_and_stores_nothing(app: TestApp) {
     let token = app.token("user-1");
     let reordered = json!({"data_index": "a1", "data": {"a": [1, 2], "b": 1}, "type": "agent_run"});
 
-    let first = id_of(post_keyed(&app, EVENT, &event_body("agent_run", json!({"b": 1, "a": [1, 2]}), "a1"), &token, "k-1").await).await;
+    let first = id_of(
+        post_keyed(
+            &app,
+            EVENT,
+            &event_body("agent_run", json!({"b": 1, "a": [1, 2]}), "a1"),
+            &token,
+            "k-1",
+        )
+        .await,
+    )
+    .await;
     let replay = id_of(post_keyed(&app, EVENT, &reordered, &token, "k-1").await).await;
-    let other_key = id_of(post_keyed(&app, EVENT, &event_body("agent_run", json!({"b": 1, "a": [1, 2]}), "a1"), &token, "k-2").await).await;
+    let other_key = id_of(
+        post_keyed(
+            &app,
+            EVENT,
+            &event_body("agent_run", json!({"b": 1, "a": [1, 2]}), "a1"),
+            &token,
+            "k-2",
+        )
+        .await,
+    )
+    .await;
 
     assert_eq!(replay, first);
     assert_ne!(other_key, first);
@@ -100,9 +120,26 @@ async fn a_replay_answers_the_original_id_and_stores_nothing(app: TestApp) {
 
 async fn the_same_key_with_another_body_is_a_422_naming_the_conflict(app: TestApp) {
     let token = app.token("user-1");
-    let first = id_of(post_keyed(&app, METRIC, &metric_body("page_load_ms", 1.0, "/build"), &token, "k").await).await;
+    let first = id_of(
+        post_keyed(
+            &app,
+            METRIC,
+            &metric_body("page_load_ms", 1.0, "/build"),
+            &token,
+            "k",
+        )
+        .await,
+    )
+    .await;
 
-    let response = post_keyed(&app, METRIC, &metric_body("page_load_ms", 2.0, "/build"), &token, "k").await;
+    let response = post_keyed(
+        &app,
+        METRIC,
+        &metric_body("page_load_ms", 2.0, "/build"),
+        &token,
+        "k",
+    )
+    .await;
 
     assert_eq!(response.status(), 422);
     let body: Value = response.json().await.unwrap();
@@ -131,8 +168,28 @@ async fn the_same_key_with_another_body_is_a_422_naming_the_conflict(app: TestAp
 async fn keys_of_different_users_never_collide(app: TestApp) {
     let (alice, bob) = (app.token("alice"), app.token("bob"));
 
-    let alice_id = id_of(post_keyed(&app, METRIC, &metric_body("page_load_ms", 1.0, "/build"), &alice, "shared").await).await;
-    let bob_id = id_of(post_keyed(&app, METRIC, &metric_body("page_load_ms", 2.0, "/build"), &bob, "shared").await).await;
+    let alice_id = id_of(
+        post_keyed(
+            &app,
+            METRIC,
+            &metric_body("page_load_ms", 1.0, "/build"),
+            &alice,
+            "shared",
+        )
+        .await,
+    )
+    .await;
+    let bob_id = id_of(
+        post_keyed(
+            &app,
+            METRIC,
+            &metric_body("page_load_ms", 2.0, "/build"),
+            &bob,
+            "shared",
+        )
+        .await,
+    )
+    .await;
 
     assert_ne!(alice_id, bob_id);
     assert_eq!(rows_of(&app, "AnalyticsMetrics", "alice").await, 1);
@@ -144,8 +201,28 @@ async fn keys_of_different_users_never_collide(app: TestApp) {
 async fn a_key_is_scoped_to_its_endpoint(app: TestApp) {
     let token = app.token("user-1");
 
-    let metric_id = id_of(post_keyed(&app, METRIC, &metric_body("page_load_ms", 1.0, "/build"), &token, "k").await).await;
-    let event_id = id_of(post_keyed(&app, EVENT, &event_body("agent_run", json!({"b": 1, "a": [1, 2]}), "a1"), &token, "k").await).await;
+    let metric_id = id_of(
+        post_keyed(
+            &app,
+            METRIC,
+            &metric_body("page_load_ms", 1.0, "/build"),
+            &token,
+            "k",
+        )
+        .await,
+    )
+    .await;
+    let event_id = id_of(
+        post_keyed(
+            &app,
+            EVENT,
+            &event_body("agent_run", json!({"b": 1, "a": [1, 2]}), "a1"),
+            &token,
+            "k",
+        )
+        .await,
+    )
+    .await;
 
     assert_ne!(metric_id, event_id);
     assert!(app.store.event_by_id(&event_id).await.unwrap().is_some());
@@ -156,7 +233,14 @@ async fn a_malformed_key_is_a_422_after_auth(app: TestApp) {
     let too_long = "x".repeat(256);
 
     for key in ["   ", too_long.as_str()] {
-        let response = post_keyed(&app, METRIC, &metric_body("page_load_ms", 1.0, "/build"), &token, key).await;
+        let response = post_keyed(
+            &app,
+            METRIC,
+            &metric_body("page_load_ms", 1.0, "/build"),
+            &token,
+            key,
+        )
+        .await;
 
         assert_eq!(response.status(), 422, "{key:?}");
         let body: Value = response.json().await.unwrap();
@@ -177,8 +261,24 @@ async fn a_malformed_key_is_a_422_after_auth(app: TestApp) {
 async fn requests_without_a_key_are_stored_each_time(app: TestApp) {
     let token = app.token("user-1");
 
-    let first = id_of(app.post_json(METRIC, &metric_body("page_load_ms", 1.0, "/build"), Some(&token)).await).await;
-    let second = id_of(app.post_json(METRIC, &metric_body("page_load_ms", 1.0, "/build"), Some(&token)).await).await;
+    let first = id_of(
+        app.post_json(
+            METRIC,
+            &metric_body("page_load_ms", 1.0, "/build"),
+            Some(&token),
+        )
+        .await,
+    )
+    .await;
+    let second = id_of(
+        app.post_json(
+            METRIC,
+            &metric_body("page_load_ms", 1.0, "/build"),
+            Some(&token),
+        )
+        .await,
+    )
+    .await;
 
     assert_ne!(first, second);
     assert_eq!(rows_of(&app, "AnalyticsMetrics", "user-1").await, 2);
@@ -186,7 +286,17 @@ async fn requests_without_a_key_are_stored_each_time(app: TestApp) {
 
 async fn pruning_deletes_expired_keys_only(app: TestApp) {
     let token = app.token("user-1");
-    id_of(post_keyed(&app, METRIC, &metric_body("page_load_ms", 1.0, "/build"), &token, "k").await).await;
+    id_of(
+        post_keyed(
+            &app,
+            METRIC,
+            &metric_body("page_load_ms", 1.0, "/build"),
+            &token,
+            "k",
+        )
+        .await,
+    )
+    .await;
     let now = chrono::Utc::now().naive_utc();
 
     let none_yet = app
@@ -201,7 +311,17 @@ async fn pruning_deletes_expired_keys_only(app: TestApp) {
         .unwrap();
 
     assert_eq!((none_yet, pruned), (0, 1));
-    let after = id_of(post_keyed(&app, METRIC, &metric_body("page_load_ms", 2.0, "/build"), &token, "k").await).await;
+    let after = id_of(
+        post_keyed(
+            &app,
+            METRIC,
+            &metric_body("page_load_ms", 2.0, "/build"),
+            &token,
+            "k",
+        )
+        .await,
+    )
+    .await;
     assert_eq!(
         app.store.metric_by_id(&after).await.unwrap().unwrap().value,
         2.0
@@ -226,7 +346,17 @@ async fn an_expired_key_stores_a_new_row(backend: Backend) {
     })
     .await;
     let token = app.token("user-1");
-    let first = id_of(post_keyed(&app, METRIC, &metric_body("page_load_ms", 1.0, "/build"), &token, "k").await).await;
+    let first = id_of(
+        post_keyed(
+            &app,
+            METRIC,
+            &metric_body("page_load_ms", 1.0, "/build"),
+            &token,
+            "k",
+        )
+        .await,
+    )
+    .await;
 
     let renewed = eventually("the key to expire", Duration::from_secs(10), async || {
         let body = metric_body("page_load_ms", 1.0, "/build");
@@ -237,7 +367,17 @@ async fn an_expired_key_stores_a_new_row(backend: Backend) {
 
     assert_ne!(renewed, first, "the key did not expire within 10 s");
     assert_eq!(rows_of(&app, "AnalyticsMetrics", "user-1").await, 2);
-    let replay = id_of(post_keyed(&app, METRIC, &metric_body("page_load_ms", 1.0, "/build"), &token, "k").await).await;
+    let replay = id_of(
+        post_keyed(
+            &app,
+            METRIC,
+            &metric_body("page_load_ms", 1.0, "/build"),
+            &token,
+            "k",
+        )
+        .await,
+    )
+    .await;
     assert_eq!(replay, renewed, "the renewed key is remembered again");
 }
 

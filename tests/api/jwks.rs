@@ -278,11 +278,7 @@ async fn an_unreachable_key_server_answers_503_while_hmac_tokens_still_work() {
     let es = TestKey::es256("ec-a", "es256_a.pem");
 
     let response = app
-        .post_json(
-            METRIC,
-            &metric_body("m", 1, "d"),
-            Some(&es.token("u")),
-        )
+        .post_json(METRIC, &metric_body("m", 1, "d"), Some(&es.token("u")))
         .await;
     let (hmac_status, _) = send(&app, &app.token("u")).await;
 
@@ -336,9 +332,11 @@ async fn old_keys_are_served_at_once_while_one_background_fetch_replaces_them() 
         statuses.push(send(&app, &es.token("u")).await.0);
     }
     let answered_in = started.elapsed();
-    eventually("the background key fetch", Duration::from_secs(10), async || {
-        fetches(&server).await > 0
-    })
+    eventually(
+        "the background key fetch",
+        Duration::from_secs(10),
+        async || fetches(&server).await > 0,
+    )
     .await;
 
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");

@@ -7,7 +7,9 @@ use analytics_service::clock::SystemClock;
 use serde_json::{Value, json};
 use sqlx::{Connection, Executor};
 
-use crate::helpers::{Backend, TestApp, TestDatabase, metric_storage_503_body, test_settings, event_body, metric_body};
+use crate::helpers::{
+    Backend, TestApp, TestDatabase, event_body, metric_body, metric_storage_503_body, test_settings,
+};
 
 const METRIC: &str = "/api/analytics/log_raw_metric";
 

@@ -22,8 +22,7 @@ async fn stored_id(response: reqwest::Response) -> String {
 
 async fn metric_is_stored_and_its_id_returned(app: TestApp) {
     let token = app.token("user-1");
-    let body =
-        metric_body("page_load_time", 123.45, "/build");
+    let body = metric_body("page_load_time", 123.45, "/build");
 
     let id = stored_id(app.post_json(PATH, &body, Some(&token)).await).await;
 
@@ -128,7 +127,7 @@ async fn non_finite_negative_and_non_numeric_values_are_refused(app: TestApp) {
         (json!(null), "float_type"),
     ];
     for (value, kind) in cases {
-        let body = metric_body("m", value, "d");
+        let body = metric_body("m", value.clone(), "d");
 
         let response = app.post_json(PATH, &body, Some(&token)).await;
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use analytics_service::auth::mint_token;
 
-use crate::helpers::{test_settings, eventually};
+use crate::helpers::{eventually, test_settings};
 
 /// The service started as a process on a free port with an SQLite file of its own.
 pub struct ServiceProcess {
@@ -47,10 +47,14 @@ impl ServiceProcess {
             _dir: dir,
         };
         let client = reqwest::Client::new();
-        eventually("the service to answer /healthz", Duration::from_secs(15), async || {
-            let health = client.get(service.url("/healthz")).send().await;
-            health.is_ok_and(|r| r.status() == 200)
-        })
+        eventually(
+            "the service to answer /healthz",
+            Duration::from_secs(15),
+            async || {
+                let health = client.get(service.url("/healthz")).send().await;
+                health.is_ok_and(|r| r.status() == 200)
+            },
+        )
         .await;
         service
     }

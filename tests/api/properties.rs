@@ -234,17 +234,15 @@ fn metric_bodies() -> impl Strategy<Value = Value> {
         Just(Value::from(0.0)),
         (0u32..100_000).prop_map(|n| Value::from(format!(" {n}.5 "))),
     ];
-    (non_empty.clone(), value, non_empty).prop_map(|(name, value, data)| {
-        metric_body(name, value, data)
-    })
+    (non_empty.clone(), value, non_empty)
+        .prop_map(|(name, value, data)| metric_body(name, value, data))
 }
 
 fn event_bodies() -> impl Strategy<Value = Value> {
     let data = prop::collection::vec((text(), json_value()), 0..6)
         .prop_map(|pairs| Value::Object(pairs.into_iter().collect()));
-    (any::<String>(), data, any::<String>()).prop_map(
-        |(kind, data, index)| event_body(kind, data, index),
-    )
+    (any::<String>(), data, any::<String>())
+        .prop_map(|(kind, data, index)| event_body(kind, data, index))
 }
 
 /// JSON numbers as JSON means them: PostgreSQL's JSONB keeps the value, not serde's

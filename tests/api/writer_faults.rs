@@ -9,10 +9,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use analytics_service::clock::SystemClock;
-use serde_json::{Value, json};
+use serde_json::Value;
 use sqlx::Connection;
 
-use crate::helpers::{Backend, TestApp, TestDatabase, admin_pg_url, metric_storage_503_body, test_settings, eventually, metric_body};
+use crate::helpers::{
+    Backend, TestApp, TestDatabase, admin_pg_url, eventually, metric_body, metric_storage_503_body,
+    test_settings,
+};
 use crate::pg_proxy::PgProxy;
 
 const METRIC: &str = "/api/analytics/log_raw_metric";
@@ -64,7 +67,9 @@ async fn a_database_that_stops_answering_mid_batch_is_detected_and_the_writer_re
     settings.database.acquire_timeout = Duration::from_millis(1000);
     let app = TestApp::start(settings, Some(database), Arc::new(SystemClock)).await;
     let token = app.token("user-1");
-    let before = app.post_json(METRIC, &metric_body("before", 1, "d"), Some(&token)).await;
+    let before = app
+        .post_json(METRIC, &metric_body("before", 1, "d"), Some(&token))
+        .await;
     assert_eq!(before.status(), 200);
 
     proxy.black_hole_existing();
@@ -82,7 +87,9 @@ async fn a_database_that_stops_answering_mid_batch_is_detected_and_the_writer_re
     let stuck_for = started.elapsed();
     let mut after = Vec::new();
     for i in 0..5 {
-        let response = app.post_json(METRIC, &metric_body("after", 1, "d"), Some(&token)).await;
+        let response = app
+            .post_json(METRIC, &metric_body("after", 1, "d"), Some(&token))
+            .await;
         let status = response.status().as_u16();
         after.push((status, response.json::<Value>().await.unwrap()));
         if status == 200 || i == 4 {
@@ -154,9 +161,11 @@ impl Process {
 
     /// The address from the "listening" line, once it is logged.
     async fn address(&self) -> SocketAddr {
-        let line = eventually("the \"listening\" line", Duration::from_secs(30), async || {
-            self.log().into_iter().find(|l| l.contains("listening"))
-        })
+        let line = eventually(
+            "the \"listening\" line",
+            Duration::from_secs(30),
+            async || self.log().into_iter().find(|l| l.contains("listening")),
+        )
         .await;
         let line: Value = serde_json::from_str(&line).unwrap();
         line["address"].as_str().unwrap().parse().unwrap()
@@ -207,7 +216,10 @@ async fn sigterm_with_the_database_black_holed_exits_within_the_shutdown_deadlin
     );
     let client = reqwest::Client::new();
     let url = format!("http://{address}{METRIC}");
-    let first = client.post(&url).bearer_auth(&token).json(&metric_body("first", 1, "d"));
+    let first = client
+        .post(&url)
+        .bearer_auth(&token)
+        .json(&metric_body("first", 1, "d"));
     assert_eq!(first.send().await.unwrap().status(), 200);
     proxy.black_hole_all();
     let requests: Vec<_> = (0..3)

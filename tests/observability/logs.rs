@@ -1,6 +1,8 @@
 //! Log lines: JSON, one per line, each line of a request carrying its request id.
 
-use serde_json::{Value, json};
+use std::time::Duration;
+
+use serde_json::Value;
 
 use crate::helpers::{Backend, TestApp, eventually, metric_body};
 use crate::support::{log_lines, serial, start_telemetry};
@@ -42,9 +44,11 @@ async fn the_request_id_is_returned_and_in_every_log_line_of_the_request() {
         .to_owned();
     assert!(uuid::Uuid::parse_str(&generated).is_ok(), "{generated}");
     for request_id in [given.as_str(), generated.as_str()] {
-        eventually("the request's log lines", Duration::from_secs(5), async || {
-            !lines_with(request_id).is_empty()
-        })
+        eventually(
+            "the request's log lines",
+            Duration::from_secs(5),
+            async || !lines_with(request_id).is_empty(),
+        )
         .await;
         let lines = lines_with(request_id);
         let finished = lines
@@ -77,10 +81,14 @@ async fn a_handler_log_line_carries_the_request_id_of_its_request() {
         .unwrap();
 
     assert_eq!(response.status(), 503);
-    eventually("a WARN line in the request's span", Duration::from_secs(5), async || {
-        lines_with(&request_id).iter().any(|line| {
-            line["level"] == "WARN" && line["span"]["request_id"] == request_id.as_str()
-        })
-    })
+    eventually(
+        "a WARN line in the request's span",
+        Duration::from_secs(5),
+        async || {
+            lines_with(&request_id).iter().any(|line| {
+                line["level"] == "WARN" && line["span"]["request_id"] == request_id.as_str()
+            })
+        },
+    )
     .await;
 }

@@ -7,9 +7,8 @@ use analytics_service::clock::SystemClock;
 use analytics_service::settings::{Settings, load_from};
 use analytics_service::startup::Application;
 use prometheus_parse::{LineInfo, Scrape, Value as Sample};
-use serde_json::json;
 
-use crate::helpers::{Backend, TestApp, TestDatabase, test_settings, metric_body};
+use crate::helpers::{Backend, TestApp, TestDatabase, metric_body, test_settings};
 use crate::support::serial;
 
 const METRIC: &str = "/api/analytics/log_raw_metric";

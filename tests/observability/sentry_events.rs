@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use sqlx::{Connection, Executor};
 
 use crate::fake_sentry::FakeSentry;
-use crate::helpers::{Backend, TestApp, eventually, event_body, metric_body};
+use crate::helpers::{Backend, TestApp, event_body, eventually, metric_body};
 use crate::support::{serial, start_telemetry};
 
 const METRIC: &str = "/api/analytics/log_raw_metric";
@@ -95,7 +95,10 @@ async fn a_storage_failure_is_one_error_event_with_environment_release_and_reque
         .unwrap()
         .to_owned();
     assert!(telemetry.flush(FLUSH));
-    eventually("a Sentry event", Duration::from_secs(5), async || !fake.events().is_empty()).await;
+    eventually("a Sentry event", Duration::from_secs(5), async || {
+        !fake.events().is_empty()
+    })
+    .await;
     let events = fake.events();
     assert_eq!(events.len(), 1, "{events:#?}");
     let event = &events[0];
@@ -132,7 +135,10 @@ async fn a_422_is_not_an_error_event() {
     assert_eq!(response.status(), 422);
     assert!(telemetry.flush(FLUSH));
     // The request's transaction arriving shows the pipeline works; no event came with it.
-    eventually("a Sentry transaction", Duration::from_secs(5), async || !fake.transactions().is_empty()).await;
+    eventually("a Sentry transaction", Duration::from_secs(5), async || {
+        !fake.transactions().is_empty()
+    })
+    .await;
     assert!(telemetry.flush(FLUSH));
     assert_eq!(fake.events(), Vec::<Value>::new());
     assert_eq!(
@@ -149,13 +155,20 @@ async fn a_row_of_an_unknown_user_is_a_403_not_an_error_event() {
     app.require_known_users(&["known"]).await;
 
     let response = app
-        .post_json(METRIC, &metric_body("page_load_ms", 12.5, "/build"), Some(&app.token("stranger")))
+        .post_json(
+            METRIC,
+            &metric_body("page_load_ms", 12.5, "/build"),
+            Some(&app.token("stranger")),
+        )
         .await;
 
     assert_eq!(response.status(), 403);
     assert!(telemetry.flush(FLUSH));
     // The request's transaction arriving shows the pipeline works; no event came with it.
-    eventually("a Sentry transaction", Duration::from_secs(5), async || !fake.transactions().is_empty()).await;
+    eventually("a Sentry transaction", Duration::from_secs(5), async || {
+        !fake.transactions().is_empty()
+    })
+    .await;
     assert!(telemetry.flush(FLUSH));
     assert_eq!(fake.events(), Vec::<Value>::new());
 }
@@ -183,7 +196,10 @@ async fn every_request_is_a_transaction_named_by_its_route_template_continuing_t
     assert_eq!(health.status(), 200);
     assert_eq!(response.status(), 200);
     assert!(telemetry.flush(FLUSH));
-    eventually("a Sentry transaction", Duration::from_secs(5), async || !fake.transactions().is_empty()).await;
+    eventually("a Sentry transaction", Duration::from_secs(5), async || {
+        !fake.transactions().is_empty()
+    })
+    .await;
     let transactions = fake.transactions();
     assert_eq!(
         transactions.len(),
@@ -235,7 +251,10 @@ async fn a_transactions_url_reaches_sentry_without_its_query_string() {
 
     assert_eq!(response.status(), 200);
     assert!(telemetry.flush(FLUSH));
-    eventually("a Sentry transaction", Duration::from_secs(5), async || !fake.transactions().is_empty()).await;
+    eventually("a Sentry transaction", Duration::from_secs(5), async || {
+        !fake.transactions().is_empty()
+    })
+    .await;
     let transaction = &fake.transactions()[0];
     let url = transaction["request"]["url"].as_str().unwrap();
     assert!(url.ends_with(METRIC), "{url}");
@@ -273,7 +292,10 @@ async fn transactions_after_a_sampled_incoming_trace(trust_incoming_traces: bool
 
     assert_eq!(response.status(), 200);
     assert!(telemetry.flush(FLUSH));
-    eventually("a Sentry event", Duration::from_secs(5), async || !fake.events().is_empty()).await;
+    eventually("a Sentry event", Duration::from_secs(5), async || {
+        !fake.events().is_empty()
+    })
+    .await;
     fake.transactions().len()
 }
 
@@ -308,7 +330,10 @@ async fn capture_error_sends_the_error_with_its_source_chain_and_flushes() {
 
     analytics_service::telemetry::capture_error(err.as_ref());
 
-    eventually("a Sentry event", Duration::from_secs(5), async || !fake.events().is_empty()).await;
+    eventually("a Sentry event", Duration::from_secs(5), async || {
+        !fake.events().is_empty()
+    })
+    .await;
     let events = fake.events();
     assert_eq!(events.len(), 1, "logged once, reported once: {events:#?}");
     let chain: Vec<&str> = events[0]["exception"]["values"]
@@ -336,10 +361,17 @@ fn with_no_dsn_nothing_is_sent() {
     let fake = fake_runtime.block_on(FakeSentry::start());
     runtime().block_on(async {
         let (telemetry, app) = spawn(Backend::Sqlite, &fake).await;
-        app.post_json(METRIC, &metric_body("page_load_ms", 12.5, "/build"), Some(&app.token("u")))
-            .await;
+        app.post_json(
+            METRIC,
+            &metric_body("page_load_ms", 12.5, "/build"),
+            Some(&app.token("u")),
+        )
+        .await;
         assert!(telemetry.flush(FLUSH));
-        eventually("a Sentry transaction", Duration::from_secs(5), async || !fake.transactions().is_empty()).await;
+        eventually("a Sentry transaction", Duration::from_secs(5), async || {
+            !fake.transactions().is_empty()
+        })
+        .await;
     });
     let received = fake.raw().len();
 
@@ -354,7 +386,11 @@ fn with_no_dsn_nothing_is_sent() {
         drop_table(&app, "AnalyticsMetrics").await;
 
         let failed = app
-            .post_json(METRIC, &metric_body("page_load_ms", 12.5, "/build"), Some(&app.token("u")))
+            .post_json(
+                METRIC,
+                &metric_body("page_load_ms", 12.5, "/build"),
+                Some(&app.token("u")),
+            )
             .await;
 
         assert_eq!(failed.status(), 500);
@@ -392,7 +428,10 @@ async fn a_panicking_handler_is_reported_once_and_answered_500() {
 
     assert_eq!(response.status(), 500);
     assert!(telemetry.flush(FLUSH));
-    eventually("a Sentry event", Duration::from_secs(5), async || !fake.events().is_empty()).await;
+    eventually("a Sentry event", Duration::from_secs(5), async || {
+        !fake.events().is_empty()
+    })
+    .await;
     let events = fake.events();
     assert_eq!(events.len(), 1, "{events:#?}");
     let exception = &events[0]["exception"]["values"][0];

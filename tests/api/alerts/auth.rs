@@ -81,4 +81,3 @@ async fn an_api_key_is_refused_when_none_is_configured() {
 
     assert_eq!((status, body), (401, json!({"detail": "Invalid API key"})));
 }
-

@@ -257,7 +257,6 @@ async fn every_message_is_sent_with_mentions_disabled() {
     }
 }
 
-
 #[tokio::test]
 async fn blank_content_and_unknown_channels_answer_422() {
     let discord = MockServer::start().await;
@@ -280,4 +279,3 @@ async fn blank_content_and_unknown_channels_answer_422() {
     assert_eq!(channel_body["detail"][0]["loc"], json!(["body", "channel"]));
     assert!(discord.received_requests().await.unwrap().is_empty());
 }
-

@@ -256,4 +256,3 @@ async fn the_bot_token_appears_in_no_response_and_no_log_line() {
     );
     assert!(!text.contains("bot-token-SECRET"));
 }
-

@@ -49,26 +49,6 @@ impl Respond for MessageIds {
     }
 }
 
-pub fn point_at_discord(settings: &mut Settings, base_url: &str) {
-    let discord = &mut settings.alerts;
-    discord.bot_token = SecretString::from(BOT_TOKEN.to_owned());
-    discord.api_base_url = base_url.to_owned();
-    discord.alerts_api_key = SecretString::from(API_KEY.to_owned());
-    discord.connect_timeout = Duration::from_millis(500);
-    discord.request_timeout = Duration::from_millis(2000);
-    discord.wait_budget = Duration::from_millis(5000);
-    discord.max_retries = 2;
-}
-
-pub async fn spawn(discord: &MockServer, tweak: impl FnOnce(&mut Settings)) -> TestApp {
-    let base = discord.uri();
-    TestApp::spawn_with(Backend::Sqlite, |s| {
-        point_at_discord(s, &base);
-        tweak(s);
-    })
-    .await
-}
-
 /// Two guilds; `name` is a channel of `kind` in the second one, with id `id`.
 pub async fn mount_guilds_with(discord: &MockServer, name: &str, id: &str, kind: u64) {
     Mock::given(method("GET"))

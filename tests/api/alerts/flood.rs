@@ -56,7 +56,10 @@ async fn a_global_429_pauses_sends_to_every_channel() {
     );
     let first_app = app.clone();
     let first = tokio::spawn(async move { alert(&first_app, "first", "platform").await });
-    eventually("the global 429", Duration::from_secs(10), async || !limited.times().is_empty()).await;
+    eventually("the global 429", Duration::from_secs(10), async || {
+        !limited.times().is_empty()
+    })
+    .await;
 
     let (second_status, _, _) = alert(&app, "second", "product").await;
 
@@ -132,4 +135,3 @@ async fn identical_alerts_are_sent_once_and_counted_after_the_window() {
     assert_eq!(messages.len(), 2);
     assert_eq!(messages[1]["content"], "disk full on db-1\n(repeated ×99)");
 }
-

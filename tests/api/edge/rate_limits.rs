@@ -40,11 +40,15 @@ async fn one_request_over_the_ip_burst_gets_429_with_retry_after() {
     let app = TestApp::spawn_with(Backend::Sqlite, ip_limit(3)).await;
     let token = app.token("user-ip");
     for i in 0..3 {
-        let response = app.post_json(PATH, &metric_body("m", 1, "d"), Some(&token)).await;
+        let response = app
+            .post_json(PATH, &metric_body("m", 1, "d"), Some(&token))
+            .await;
         assert_eq!(response.status(), 200, "request {i} is within the burst");
     }
 
-    let over = app.post_json(PATH, &metric_body("m", 1, "d"), Some(&token)).await;
+    let over = app
+        .post_json(PATH, &metric_body("m", 1, "d"), Some(&token))
+        .await;
     // Before auth: a request without a token is refused by the IP limit too.
     let anonymous = app.post_json(PATH, &metric_body("m", 1, "d"), None).await;
     let probe = app.client.get(app.url("/healthz")).send().await.unwrap();
@@ -66,12 +70,16 @@ async fn one_request_over_the_user_burst_gets_429_and_other_users_are_unaffected
     let bob = app.token("bob");
     for _ in 0..2 {
         assert_eq!(
-            app.post_json(PATH, &metric_body("m", 1, "d"), Some(&alice)).await.status(),
+            app.post_json(PATH, &metric_body("m", 1, "d"), Some(&alice))
+                .await
+                .status(),
             200
         );
     }
 
-    let over = app.post_json(PATH, &metric_body("m", 1, "d"), Some(&alice)).await;
+    let over = app
+        .post_json(PATH, &metric_body("m", 1, "d"), Some(&alice))
+        .await;
     let other_route = app
         .post_json(
             "/api/analytics/log_raw_analytics",
@@ -79,7 +87,9 @@ async fn one_request_over_the_user_burst_gets_429_and_other_users_are_unaffected
             Some(&alice),
         )
         .await;
-    let other_user = app.post_json(PATH, &metric_body("m", 1, "d"), Some(&bob)).await;
+    let other_user = app
+        .post_json(PATH, &metric_body("m", 1, "d"), Some(&bob))
+        .await;
 
     assert_rate_limited(over, 2).await;
     assert_eq!(
@@ -107,7 +117,9 @@ async fn a_batch_takes_one_user_token_per_item() {
     let seven = app.post_json(batch_path, &batch(7), Some(&alice)).await;
     let four = app.post_json(batch_path, &batch(4), Some(&alice)).await;
     let three = app.post_json(batch_path, &batch(3), Some(&alice)).await;
-    let one_more = app.post_json(PATH, &metric_body("m", 1, "d"), Some(&alice)).await;
+    let one_more = app
+        .post_json(PATH, &metric_body("m", 1, "d"), Some(&alice))
+        .await;
 
     assert_eq!(seven.status(), 200);
     assert_eq!(four.status(), 429, "only 3 tokens are left");
@@ -202,7 +214,9 @@ fn dry_run_lets_every_request_through_and_counts_the_would_be_refusals() {
             .await;
             let token = app.token("user-dry");
             for i in 0..5 {
-                let response = app.post_json(PATH, &metric_body("m", 1, "d"), Some(&token)).await;
+                let response = app
+                    .post_json(PATH, &metric_body("m", 1, "d"), Some(&token))
+                    .await;
                 assert_eq!(response.status(), 200, "request {i} passes in dry-run mode");
             }
         })

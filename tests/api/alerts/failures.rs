@@ -231,6 +231,9 @@ async fn the_bot_token_appears_in_no_response_and_no_log_line() {
     })
     .await;
 
+    // A callsite another test registered while `set_default` ran may have cached "never";
+    // recompute every callsite's interest now that this subscriber is in place.
+    tracing::callsite::rebuild_interest_cache();
     let answers = vec![
         alert(&app, "first", "platform").await,
         alert(&app, "second", "platform").await,

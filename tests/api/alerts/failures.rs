@@ -231,15 +231,18 @@ async fn the_bot_token_appears_in_no_response_and_no_log_line() {
     })
     .await;
 
-    // A callsite another test registered while `set_default` ran may have cached "never";
-    // recompute every callsite's interest now that this subscriber is in place.
-    tracing::callsite::rebuild_interest_cache();
-    let answers = vec![
-        alert(&app, "first", "platform").await,
-        alert(&app, "second", "platform").await,
-        alert(&app, "not found", "product").await,
-        alert(&unreachable, "x", "platform").await,
-    ];
+    // A callsite another test registers while this subscriber is being set up may cache
+    // "never"; each send recomputes every callsite's interest first.
+    let mut answers = Vec::new();
+    for (app, content, channel) in [
+        (&app, "first", "platform"),
+        (&app, "second", "platform"),
+        (&app, "not found", "product"),
+        (&unreachable, "x", "platform"),
+    ] {
+        tracing::callsite::rebuild_interest_cache();
+        answers.push(alert(app, content, channel).await);
+    }
 
     let statuses: Vec<u16> = answers.iter().map(|a| a.0).collect();
     assert_eq!(statuses, [200, 502, 502, 503]);

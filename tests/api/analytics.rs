@@ -2,14 +2,14 @@
 
 use serde_json::{Value, json};
 
-use crate::helpers::TestApp;
+use crate::helpers::{TestApp, event_body};
 use crate::on_both_backends;
 
 const PATH: &str = "/api/analytics/log_raw_analytics";
 
 async fn the_frontend_body_is_stored_as_the_original_stores_it(app: TestApp) {
     let token = app.token("user-7");
-    let body = json!({"type": "home_viewed", "data": {}, "data_index": "home_viewed"});
+    let body = event_body("home_viewed", json!({}), "home_viewed");
 
     let response = app.post_json(PATH, &body, Some(&token)).await;
 
@@ -47,8 +47,7 @@ async fn nested_data_round_trips(app: TestApp) {
 
 async fn control_characters_in_data_are_stripped_also_from_keys(app: TestApp) {
     let token = app.token("user-7");
-    let body =
-        json!({"type": "t\u{7f}", "data": {"k\u{0}": ["\u{0}v\tw"]}, "data_index": "\u{1b}i"});
+    let body = event_body("t\u{7f}", json!({"k\u{0}": ["\u{0}v\tw"]}), "\u{1b}i");
 
     let response = app.post_json(PATH, &body, Some(&token)).await;
 
@@ -63,7 +62,7 @@ async fn control_characters_in_data_are_stripped_also_from_keys(app: TestApp) {
 async fn data_that_is_not_an_object_is_a_dict_type_error(app: TestApp) {
     let token = app.token("user-7");
     for data in [json!([1]), json!("x"), json!(null)] {
-        let body = json!({"type": "t", "data": data, "data_index": "i"});
+        let body = event_body("t", data, "i");
 
         let response = app.post_json(PATH, &body, Some(&token)).await;
 
@@ -80,7 +79,7 @@ async fn data_that_is_not_an_object_is_a_dict_type_error(app: TestApp) {
 
 async fn empty_type_and_index_are_allowed(app: TestApp) {
     let token = app.token("user-7");
-    let body = json!({"type": "", "data": {"a": 1}, "data_index": ""});
+    let body = event_body("", json!({"a": 1}), "");
 
     let response = app.post_json(PATH, &body, Some(&token)).await;
 
@@ -89,7 +88,7 @@ async fn empty_type_and_index_are_allowed(app: TestApp) {
 
 async fn an_admin_can_store_on_behalf_of_another_user(app: TestApp) {
     let token = app.admin_token("admin-1");
-    let body = json!({"type": "t", "data": {}, "data_index": "i"});
+    let body = event_body("t", json!({}), "i");
 
     let response = app
         .client
@@ -121,8 +120,8 @@ async fn an_index_key_too_long_for_the_database_index_is_a_422_not_a_500(app: Te
             char::from(b'a' + (seed >> 59) as u8 % 26)
         })
         .collect();
-    let long = json!({"type": "t", "data": {}, "data_index": random});
-    let at_limit = json!({"type": "t", "data": {}, "data_index": &random[..1000]});
+    let long = event_body("t", json!({}), random.as_str());
+    let at_limit = event_body("t", json!({}), &random[..1000]);
 
     let refused = app.post_json(PATH, &long, Some(&token)).await;
     let accepted = app.post_json(PATH, &at_limit, Some(&token)).await;

@@ -4,13 +4,9 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 
-use crate::helpers::{Backend, TestApp};
+use crate::helpers::{Backend, TestApp, event_body, metric_body};
 
 const PATH: &str = "/api/analytics/log_raw_metric";
-
-fn valid_body() -> Value {
-    json!({"metric_name": "m", "metric_value": 1, "data_string": "d"})
-}
 
 fn now() -> i64 {
     chrono::Utc::now().timestamp()
@@ -52,7 +48,10 @@ fn without(mut claims: Value, key: &str) -> Value {
 }
 
 async fn send(app: &TestApp, authorization: Option<&str>) -> (u16, Value, Option<String>) {
-    let mut request = app.client.post(app.url(PATH)).json(&valid_body());
+    let mut request = app
+        .client
+        .post(app.url(PATH))
+        .json(&metric_body("m", 1, "d"));
     if let Some(value) = authorization {
         request = request.header("authorization", value);
     }
@@ -242,7 +241,7 @@ async fn a_non_admin_cannot_impersonate_and_a_blank_header_is_ignored() {
             .post(app.url(PATH))
             .bearer_auth(&token)
             .header("X-Act-As-User-Id", act_as)
-            .json(&valid_body())
+            .json(&metric_body("m", 1, "d"))
             .send()
     };
 
@@ -281,7 +280,7 @@ async fn a_supabase_style_token_is_accepted() {
         "aal": "aal1", "session_id": "s"
     });
     let token = sign(&app, Algorithm::HS256, &claims);
-    let body = json!({"type": "home_viewed", "data": {}, "data_index": "home_viewed"});
+    let body = event_body("home_viewed", json!({}), "home_viewed");
 
     let response = app
         .post_json("/api/analytics/log_raw_analytics", &body, Some(&token))

@@ -3,7 +3,7 @@
 use serde_json::{Value, json};
 use sqlx::Executor;
 
-use crate::helpers::{Backend, TestApp, metric_storage_503_body};
+use crate::helpers::{Backend, TestApp, event_body, metric_body, metric_storage_503_body};
 use crate::on_both_backends;
 
 const METRICS: &str = "/api/analytics/log_raw_metric/batch";
@@ -48,7 +48,7 @@ async fn mixed_items_are_answered_in_order_and_only_valid_ones_stored(app: TestA
 async fn events_batch_stores_every_valid_event(app: TestApp) {
     let token = app.token("user-2");
     let items: Vec<Value> = (0..100)
-        .map(|i| json!({"type": "t", "data": {"i": i}, "data_index": format!("{i}")}))
+        .map(|i| event_body("t", json!({"i": i}), format!("{i}")))
         .collect();
 
     let response = app
@@ -70,7 +70,7 @@ async fn events_batch_stores_every_valid_event(app: TestApp) {
 
 async fn empty_non_array_and_oversized_batches_are_refused_whole(app: TestApp) {
     let token = app.token("user-1");
-    let item = json!({"metric_name": "a", "metric_value": 1, "data_string": "d"});
+    let item = metric_body("a", 1, "d");
     let too_many = Value::Array(vec![item.clone(); app.settings.batch.max_items + 1]);
     let cases = [
         (json!([]), "too_short"),
@@ -100,9 +100,7 @@ on_both_backends!(
 #[tokio::test]
 async fn batches_need_a_token_and_have_their_own_body_limit() {
     let app = TestApp::spawn_with(Backend::Sqlite, |s| s.batch.body_limit_bytes = 500).await;
-    let big: Vec<Value> = (0..20)
-        .map(|_| json!({"metric_name": "aaaa", "metric_value": 1, "data_string": "d"}))
-        .collect();
+    let big: Vec<Value> = (0..20).map(|_| metric_body("aaaa", 1, "d")).collect();
 
     let anonymous = app.post_json(METRICS, &json!([]), None).await;
     let too_big = app
@@ -127,7 +125,7 @@ async fn a_batch_that_gets_no_turn_in_time_is_answered_503() {
     let mut blocker = app.lock_metrics_table().await;
     let token = app.token("user-1");
     let batch = |name: &str| {
-        let item = json!({"metric_name": name, "metric_value": 1, "data_string": "d"});
+        let item = metric_body(name, 1, "d");
         app.client
             .post(app.url(METRICS))
             .bearer_auth(&token)

@@ -14,14 +14,10 @@ use analytics_service::ingest::BatchRow;
 use analytics_service::settings::Settings;
 use analytics_service::store::MetricRow;
 
-use crate::helpers::{Backend, TestApp, metric_storage_503_body};
+use crate::helpers::{Backend, TestApp, eventually, metric_body, metric_storage_503_body};
 use crate::on_both_backends;
 
 const METRIC: &str = "/api/analytics/log_raw_metric";
-
-fn metric(name: &str) -> Value {
-    json!({"metric_name": name, "metric_value": 1, "data_string": "d"})
-}
 
 /// A request to the metric endpoint as `token`'s user, sent when awaited.
 fn send_metric(
@@ -74,7 +70,9 @@ async fn stored_metrics(app: &TestApp) -> i64 {
 }
 
 async fn concurrent_requests_get_distinct_ids_and_all_rows_are_stored(app: TestApp) {
-    let bodies = (0..200).map(|i| metric(&format!("m{i}"))).collect();
+    let bodies = (0..200)
+        .map(|i| metric_body(format!("m{i}"), 1, "d"))
+        .collect();
 
     let answers = post_all(&app, bodies).await;
 
@@ -106,7 +104,9 @@ async fn five_hundred_concurrent_requests_take_fewer_transactions_than_requests(
         s.edge.rate_limit.user_per_second = 0.0
     })
     .await;
-    let bodies = (0..500).map(|i| metric(&format!("m{i}"))).collect();
+    let bodies = (0..500)
+        .map(|i| metric_body(format!("m{i}"), 1, "d"))
+        .collect();
 
     let answers = post_all(&app, bodies).await;
 
@@ -128,9 +128,9 @@ async fn five_hundred_concurrent_requests_take_fewer_transactions_than_requests(
     );
 }
 
-/// The byte estimate of one `metric(name)` row with a three-character name.
+/// The byte estimate of one `metric_body(name, 1, "d")` row with a three-character name.
 fn metric_row_bytes() -> usize {
-    let metric = NewMetric::parse(&metric("m00")).unwrap();
+    let metric = NewMetric::parse(&metric_body("m00", 1, "d")).unwrap();
     MetricRow::new(chrono::Utc::now(), "user-1".into(), metric).approx_bytes()
 }
 
@@ -145,7 +145,9 @@ async fn no_transaction_passes_the_byte_limit_and_no_row_is_lost() {
         s.ingest.max_wait = Duration::from_micros(300_000);
     })
     .await;
-    let bodies = (0..20).map(|i| metric(&format!("m{i:02}"))).collect();
+    let bodies = (0..20)
+        .map(|i| metric_body(format!("m{i:02}"), 1, "d"))
+        .collect();
 
     let answers = post_all(&app, bodies).await;
 
@@ -178,8 +180,10 @@ async fn a_row_the_database_refuses_fails_only_its_own_request() {
     conn.execute(r#"alter table "AnalyticsMetrics" add constraint no_poison check ("analyticMetric" <> 'poison')"#)
         .await
         .unwrap();
-    let mut bodies: Vec<Value> = (0..39).map(|i| metric(&format!("m{i}"))).collect();
-    bodies.insert(17, metric("poison"));
+    let mut bodies: Vec<Value> = (0..39)
+        .map(|i| metric_body(format!("m{i}"), 1, "d"))
+        .collect();
+    bodies.insert(17, metric_body("poison", 1, "d"));
 
     let answers = post_all(&app, bodies).await;
 
@@ -206,7 +210,7 @@ async fn a_full_queue_answers_503_with_retry_after() {
     .await;
     let mut blocker = app.lock_metrics_table().await;
     let token = app.token("user-1");
-    let send = |name: &str| send_metric(&app, &token, &metric(name));
+    let send = |name: &str| send_metric(&app, &token, &metric_body(name, 1, "d"));
     let first = tokio::spawn(send("first"));
     app.wait_for_lock_waiter().await;
     let mut rest = JoinSet::new();
@@ -239,7 +243,11 @@ async fn shutdown_with_a_full_queue_answers_every_accepted_request() {
     let token = app.token("user-1");
     let mut requests = JoinSet::new();
     for i in 0..20 {
-        requests.spawn(send_metric(&app, &token, &metric(&format!("m{i}"))));
+        requests.spawn(send_metric(
+            &app,
+            &token,
+            &metric_body(format!("m{i}"), 1, "d"),
+        ));
     }
     app.wait_for_lock_waiter().await;
 
@@ -274,12 +282,12 @@ async fn queue_behind_a_locked_table(
     app.wait_for_lock_waiter().await;
     sent.extend(requests[1..].iter().map(send));
     let queued = ("AnalyticsMetrics", requests.len() - 1);
-    for _ in 0..1000 {
-        if app.group_commit.waiting_rows()[0] == queued {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(
+        &format!("{queued:?} rows waiting for the writer"),
+        Duration::from_secs(10),
+        async || app.group_commit.waiting_rows()[0] == queued,
+    )
+    .await;
     assert_eq!(app.group_commit.waiting_rows()[0], queued);
     (blocker, sent)
 }
@@ -287,24 +295,27 @@ async fn queue_behind_a_locked_table(
 /// `user-1`'s requests for the metrics named `names`.
 fn metrics_of_user_1(app: &TestApp, names: impl Iterator<Item = String>) -> Vec<(String, Value)> {
     let token = app.token("user-1");
-    names.map(|name| (token.clone(), metric(&name))).collect()
+    names
+        .map(|name| (token.clone(), metric_body(name.as_str(), 1, "d")))
+        .collect()
 }
 
 /// Waits until no other session of the app's database runs a statement.
 async fn wait_until_the_database_is_quiet(conn: &mut PgConnection) {
-    for _ in 0..500 {
-        let busy = count(
-            conn,
-            "select count(*) from pg_stat_activity where datname = current_database() \
+    eventually(
+        "the database to go quiet",
+        Duration::from_secs(5),
+        async || {
+            let busy = count(
+                conn,
+                "select count(*) from pg_stat_activity where datname = current_database() \
              and state = 'active' and pid <> pg_backend_pid()",
-        )
-        .await;
-        if busy == 0 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("the database never went quiet");
+            )
+            .await;
+            busy == 0
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -344,7 +355,9 @@ async fn a_writer_whose_connection_the_server_drops_takes_a_new_one() {
     })
     .await;
     let token = app.token("user-1");
-    let stored = app.post_json(METRIC, &metric("before"), Some(&token)).await;
+    let stored = app
+        .post_json(METRIC, &metric_body("before", 1, "d"), Some(&token))
+        .await;
     assert_eq!(stored.status(), 200);
     let mut conn = app.pg().await;
 
@@ -356,7 +369,7 @@ async fn a_writer_whose_connection_the_server_drops_takes_a_new_one() {
     .await;
     let mut statuses = Vec::new();
     for i in 0..20 {
-        let body = metric(&format!("after-{i}"));
+        let body = metric_body(format!("after-{i}"), 1, "d");
         let status = app.post_json(METRIC, &body, Some(&token)).await.status();
         statuses.push(status.as_u16());
         if status == 200 {
@@ -377,7 +390,7 @@ async fn a_postgres_writer_writes_on_a_connection_outside_the_stores_pool() {
     let app = TestApp::spawn(Backend::Postgres).await;
     let mut blocker = app.lock_metrics_table().await;
     let token = app.token("user-1");
-    let request = tokio::spawn(send_metric(&app, &token, &metric("m")));
+    let request = tokio::spawn(send_metric(&app, &token, &metric_body("m", 1, "d")));
     // The writer is inside its transaction now, waiting for the lock.
     app.wait_for_lock_waiter().await;
 
@@ -395,7 +408,11 @@ async fn an_idle_writer_holds_none_of_the_stores_connections(app: TestApp) {
     // PostgreSQL writers have a connection of their own; SQLite's give theirs back to the
     // store's pool after 100 ms without rows. Either way the batch endpoints get the pool.
     let stored = app
-        .post_json(METRIC, &metric("one"), Some(&app.token("user-1")))
+        .post_json(
+            METRIC,
+            &metric_body("one", 1, "d"),
+            Some(&app.token("user-1")),
+        )
         .await;
     tokio::time::sleep(Duration::from_millis(400)).await;
 
@@ -506,9 +523,9 @@ async fn a_row_whose_user_is_unknown_gets_403_and_its_batch_is_stored() {
     app.require_known_users(&["known"]).await;
     let (known, stranger) = (app.token("known"), app.token("stranger"));
     let mut requests: Vec<(String, Value)> = (0..10)
-        .map(|i| (known.clone(), metric(&format!("k{i}"))))
+        .map(|i| (known.clone(), metric_body(format!("k{i}"), 1, "d")))
         .collect();
-    requests.insert(5, (stranger, metric("s")));
+    requests.insert(5, (stranger, metric_body("s", 1, "d")));
     let (mut blocker, sent) = queue_behind_a_locked_table(&app, &requests).await;
 
     commit_after(&mut blocker, 0).await;
@@ -543,7 +560,11 @@ async fn a_request_that_timed_out_leaves_no_row_behind() {
     }
     commit_after(&mut blocker, 0).await;
     let later = app
-        .post_json(METRIC, &metric("later"), Some(&app.token("user-1")))
+        .post_json(
+            METRIC,
+            &metric_body("later", 1, "d"),
+            Some(&app.token("user-1")),
+        )
         .await;
 
     for response in timed_out {
@@ -573,11 +594,15 @@ async fn a_queue_full_of_bytes_answers_503_with_retry_after() {
     .await;
     let mut blocker = app.lock_metrics_table().await;
     let token = app.token("user-1");
-    let first = tokio::spawn(send_metric(&app, &token, &metric("m00")));
+    let first = tokio::spawn(send_metric(&app, &token, &metric_body("m00", 1, "d")));
     app.wait_for_lock_waiter().await;
     let mut rest = JoinSet::new();
     for i in 1..6 {
-        rest.spawn(send_metric(&app, &token, &metric(&format!("m{i:02}"))));
+        rest.spawn(send_metric(
+            &app,
+            &token,
+            &metric_body(format!("m{i:02}"), 1, "d"),
+        ));
     }
     // Accepted rows wait behind the lock, so the first three answers are the refusals.
     let mut refused = Vec::new();

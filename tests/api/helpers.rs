@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use analytics_service::auth::mint_token;
 use analytics_service::clock::{Clock, SystemClock};
@@ -15,7 +15,7 @@ use analytics_service::settings::{Settings, load_from};
 use analytics_service::startup::Application;
 use analytics_service::store::Store;
 use secrecy::{ExposeSecret, SecretString};
-use serde_json::Value;
+use serde_json::{Value, json};
 use sqlx::{Connection, Executor};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -277,22 +277,23 @@ impl TestApp {
         .unwrap();
     }
 
-    /// Polls until some session waits on a lock, i.e. a request reached the database.
+    /// Waits until some session waits on a lock, i.e. a request reached the database.
     pub async fn wait_for_lock_waiter(&self) {
         let mut conn = self.pg().await;
-        for _ in 0..100 {
-            let (waiting,): (i64,) = sqlx::query_as(
-                "select count(*) from pg_stat_activity where wait_event_type = 'Lock' and datname = current_database()",
-            )
-            .fetch_one(&mut conn)
-            .await
-            .unwrap();
-            if waiting > 0 {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("the request never reached the database");
+        eventually(
+            "a request waiting on a lock in the database",
+            Duration::from_secs(5),
+            async || {
+                let (waiting,): (i64,) = sqlx::query_as(
+                    "select count(*) from pg_stat_activity where wait_event_type = 'Lock' and datname = current_database()",
+                )
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+                waiting > 0
+            },
+        )
+        .await;
     }
 
     /// POSTs `body` as JSON with `Authorization: Bearer <token>` when a token is given.
@@ -398,14 +399,63 @@ pub async fn metric_storage_503_body(response: reqwest::Response) -> Value {
     body
 }
 
-/// Polls `check` every 20 ms for up to 10 s.
-pub async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !check().await {
+/// A body for `POST /api/analytics/log_raw_metric` (or one item of the metric batch).
+pub fn metric_body(
+    name: impl Into<Value>,
+    value: impl Into<Value>,
+    data: impl Into<Value>,
+) -> Value {
+    json!({"metric_name": name.into(), "metric_value": value.into(), "data_string": data.into()})
+}
+
+/// A body for `POST /api/analytics/log_raw_analytics` (or one item of the event batch).
+pub fn event_body(
+    kind: impl Into<Value>,
+    data: impl Into<Value>,
+    index: impl Into<Value>,
+) -> Value {
+    json!({"type": kind.into(), "data": data.into(), "data_index": index.into()})
+}
+
+/// What a check given to [`eventually`] answers: `true`/`Some(value)` once it holds.
+pub trait Settled {
+    type Value;
+    fn settled(self) -> Option<Self::Value>;
+}
+
+impl Settled for bool {
+    type Value = ();
+    fn settled(self) -> Option<()> {
+        self.then_some(())
+    }
+}
+
+impl<T> Settled for Option<T> {
+    type Value = T;
+    fn settled(self) -> Option<T> {
+        self
+    }
+}
+
+/// Runs `check` until it holds (`true`) or hands back a value (`Some`), pausing 10 ms after
+/// the first try and up to 200 ms later on; returns that value. Panics naming `what` when
+/// `timeout` passes first.
+pub async fn eventually<R: Settled>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl AsyncFnMut() -> R,
+) -> R::Value {
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(10);
+    loop {
+        if let Some(value) = check().await.settled() {
+            return value;
+        }
         assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(200));
     }
 }

@@ -2,6 +2,7 @@
 //! for a request that auth refuses.
 
 use std::io::Write;
+use std::time::Duration;
 
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
@@ -201,9 +202,11 @@ async fn bodies_past_the_memory_budget_get_503_until_room_is_made() {
     let token = app.token("u");
     let budget = app.body_budget.clone();
     let holder = stalled_sender(&app, METRIC_BATCH, Some(&token), 60_000).await;
-    eventually("the stalled body charged", async || {
-        budget.available() <= 100 * 1024 - 60_000
-    })
+    eventually(
+        "the stalled body charged",
+        Duration::from_secs(10),
+        async || budget.available() <= 100 * 1024 - 60_000,
+    )
     .await;
     let batch = metric_batch(900);
     assert!(batch.len() > 45_000);
@@ -224,7 +227,7 @@ async fn bodies_past_the_memory_budget_get_503_until_room_is_made() {
     );
     assert_eq!(small.status(), 200, "a body that fits is still read");
     drop(holder);
-    eventually("the charge released", async || {
+    eventually("the charge released", Duration::from_secs(10), async || {
         budget.available() == 100 * 1024
     })
     .await;
@@ -247,9 +250,11 @@ async fn anonymous_senders_cannot_spend_the_signed_in_budget() {
     let padding = "x".repeat(20_000);
     let body = format!(r#"{{"type":"t","data":{{"p":"{padding}"}},"data_index":"i"}}"#);
 
-    eventually("the anonymous budget spent", async || {
-        budget.anonymous_available() == 0
-    })
+    eventually(
+        "the anonymous budget spent",
+        Duration::from_secs(10),
+        async || budget.anonymous_available() == 0,
+    )
     .await;
     let anonymous = app.post_raw(EVENT, body.clone(), None).await;
     let signed_in = app.post_raw(EVENT, body, Some(&app.token("u"))).await;

@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 
-use crate::helpers::{Backend, TestApp};
+use crate::helpers::{Backend, TestApp, event_body};
 
 #[tokio::test]
 async fn other_methods_get_405_in_the_detail_shape() {
@@ -40,7 +40,7 @@ async fn a_body_over_the_limit_gets_413_naming_the_limit() {
     let app =
         TestApp::spawn_with(Backend::Sqlite, |s| s.edge.requests.body_limit_bytes = 1000).await;
     let token = app.token("u");
-    let big = json!({"type": "t", "data": {"blob": "x".repeat(2000)}, "data_index": "i"});
+    let big = event_body("t", json!({"blob": "x".repeat(2000)}), "i");
 
     let response = app
         .post_json("/api/analytics/log_raw_analytics", &big, Some(&token))

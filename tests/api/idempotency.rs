@@ -1,23 +1,25 @@
 //! `Idempotency-Key` on both analytics endpoints, against a real database.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use sqlx::Connection;
 
-use crate::helpers::{Backend, TestApp};
+use crate::helpers::{Backend, TestApp, event_body, eventually, metric_body};
 use crate::on_both_backends;
 
 const METRIC: &str = "/api/analytics/log_raw_metric";
 const EVENT: &str = "/api/analytics/log_raw_analytics";
 
-fn metric_body(value: f64) -> Value {
-    json!({"metric_name": "page_load_ms", "metric_value": value, "data_string": "/build"})
+/// The metric these tests send, with `value`.
+fn page_load(value: f64) -> Value {
+    metric_body("page_load_ms", value, "/build")
 }
 
-fn event_body() -> Value {
-    json!({"type": "agent_run", "data": {"b": 1, "a": [1, 2]}, "data_index": "a1"})
+/// The event these tests send.
+fn agent_run() -> Value {
+    event_body("agent_run", json!({"b": 1, "a": [1, 2]}), "a1")
 }
 
 async fn post_keyed(
@@ -73,7 +75,7 @@ async fn rows_of(app: &TestApp, table: &str, user: &str) -> i64 {
 
 async fn fifty_racing_replays_store_one_row_and_answer_one_id(app: TestApp) {
     let token = app.token("racer");
-    let body = metric_body(12.5);
+    let body = page_load(12.5);
 
     let mut racers = tokio::task::JoinSet::new();
     for _ in 0..50 {
@@ -97,9 +99,9 @@ async fn a_replay_answers_the_original_id_and_stores_nothing(app: TestApp) {
     let token = app.token("user-1");
     let reordered = json!({"data_index": "a1", "data": {"a": [1, 2], "b": 1}, "type": "agent_run"});
 
-    let first = id_of(post_keyed(&app, EVENT, &event_body(), &token, "k-1").await).await;
+    let first = id_of(post_keyed(&app, EVENT, &agent_run(), &token, "k-1").await).await;
     let replay = id_of(post_keyed(&app, EVENT, &reordered, &token, "k-1").await).await;
-    let other_key = id_of(post_keyed(&app, EVENT, &event_body(), &token, "k-2").await).await;
+    let other_key = id_of(post_keyed(&app, EVENT, &agent_run(), &token, "k-2").await).await;
 
     assert_eq!(replay, first);
     assert_ne!(other_key, first);
@@ -108,9 +110,9 @@ async fn a_replay_answers_the_original_id_and_stores_nothing(app: TestApp) {
 
 async fn the_same_key_with_another_body_is_a_422_naming_the_conflict(app: TestApp) {
     let token = app.token("user-1");
-    let first = id_of(post_keyed(&app, METRIC, &metric_body(1.0), &token, "k").await).await;
+    let first = id_of(post_keyed(&app, METRIC, &page_load(1.0), &token, "k").await).await;
 
-    let response = post_keyed(&app, METRIC, &metric_body(2.0), &token, "k").await;
+    let response = post_keyed(&app, METRIC, &page_load(2.0), &token, "k").await;
 
     assert_eq!(response.status(), 422);
     let body: Value = response.json().await.unwrap();
@@ -139,8 +141,8 @@ async fn the_same_key_with_another_body_is_a_422_naming_the_conflict(app: TestAp
 async fn keys_of_different_users_never_collide(app: TestApp) {
     let (alice, bob) = (app.token("alice"), app.token("bob"));
 
-    let alice_id = id_of(post_keyed(&app, METRIC, &metric_body(1.0), &alice, "shared").await).await;
-    let bob_id = id_of(post_keyed(&app, METRIC, &metric_body(2.0), &bob, "shared").await).await;
+    let alice_id = id_of(post_keyed(&app, METRIC, &page_load(1.0), &alice, "shared").await).await;
+    let bob_id = id_of(post_keyed(&app, METRIC, &page_load(2.0), &bob, "shared").await).await;
 
     assert_ne!(alice_id, bob_id);
     assert_eq!(rows_of(&app, "AnalyticsMetrics", "alice").await, 1);
@@ -152,8 +154,8 @@ async fn keys_of_different_users_never_collide(app: TestApp) {
 async fn a_key_is_scoped_to_its_endpoint(app: TestApp) {
     let token = app.token("user-1");
 
-    let metric_id = id_of(post_keyed(&app, METRIC, &metric_body(1.0), &token, "k").await).await;
-    let event_id = id_of(post_keyed(&app, EVENT, &event_body(), &token, "k").await).await;
+    let metric_id = id_of(post_keyed(&app, METRIC, &page_load(1.0), &token, "k").await).await;
+    let event_id = id_of(post_keyed(&app, EVENT, &agent_run(), &token, "k").await).await;
 
     assert_ne!(metric_id, event_id);
     assert!(app.store.event_by_id(&event_id).await.unwrap().is_some());
@@ -164,7 +166,7 @@ async fn a_malformed_key_is_a_422_after_auth(app: TestApp) {
     let too_long = "x".repeat(256);
 
     for key in ["   ", too_long.as_str()] {
-        let response = post_keyed(&app, METRIC, &metric_body(1.0), &token, key).await;
+        let response = post_keyed(&app, METRIC, &page_load(1.0), &token, key).await;
 
         assert_eq!(response.status(), 422, "{key:?}");
         let body: Value = response.json().await.unwrap();
@@ -174,7 +176,7 @@ async fn a_malformed_key_is_a_422_after_auth(app: TestApp) {
         .client
         .post(app.url(METRIC))
         .header("Idempotency-Key", "   ")
-        .json(&metric_body(1.0))
+        .json(&page_load(1.0))
         .send()
         .await
         .unwrap();
@@ -185,8 +187,8 @@ async fn a_malformed_key_is_a_422_after_auth(app: TestApp) {
 async fn requests_without_a_key_are_stored_each_time(app: TestApp) {
     let token = app.token("user-1");
 
-    let first = id_of(app.post_json(METRIC, &metric_body(1.0), Some(&token)).await).await;
-    let second = id_of(app.post_json(METRIC, &metric_body(1.0), Some(&token)).await).await;
+    let first = id_of(app.post_json(METRIC, &page_load(1.0), Some(&token)).await).await;
+    let second = id_of(app.post_json(METRIC, &page_load(1.0), Some(&token)).await).await;
 
     assert_ne!(first, second);
     assert_eq!(rows_of(&app, "AnalyticsMetrics", "user-1").await, 2);
@@ -194,7 +196,7 @@ async fn requests_without_a_key_are_stored_each_time(app: TestApp) {
 
 async fn pruning_deletes_expired_keys_only(app: TestApp) {
     let token = app.token("user-1");
-    id_of(post_keyed(&app, METRIC, &metric_body(1.0), &token, "k").await).await;
+    id_of(post_keyed(&app, METRIC, &page_load(1.0), &token, "k").await).await;
     let now = chrono::Utc::now().naive_utc();
 
     let none_yet = app
@@ -209,7 +211,7 @@ async fn pruning_deletes_expired_keys_only(app: TestApp) {
         .unwrap();
 
     assert_eq!((none_yet, pruned), (0, 1));
-    let after = id_of(post_keyed(&app, METRIC, &metric_body(2.0), &token, "k").await).await;
+    let after = id_of(post_keyed(&app, METRIC, &page_load(2.0), &token, "k").await).await;
     assert_eq!(
         app.store.metric_by_id(&after).await.unwrap().unwrap().value,
         2.0
@@ -234,20 +236,17 @@ async fn an_expired_key_stores_a_new_row(backend: Backend) {
     })
     .await;
     let token = app.token("user-1");
-    let first = id_of(post_keyed(&app, METRIC, &metric_body(1.0), &token, "k").await).await;
+    let first = id_of(post_keyed(&app, METRIC, &page_load(1.0), &token, "k").await).await;
 
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let renewed = loop {
-        let id = id_of(post_keyed(&app, METRIC, &metric_body(1.0), &token, "k").await).await;
-        if id != first || Instant::now() > deadline {
-            break id;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let renewed = eventually("the key to expire", Duration::from_secs(10), async || {
+        let id = id_of(post_keyed(&app, METRIC, &page_load(1.0), &token, "k").await).await;
+        (id != first).then_some(id)
+    })
+    .await;
 
     assert_ne!(renewed, first, "the key did not expire within 10 s");
     assert_eq!(rows_of(&app, "AnalyticsMetrics", "user-1").await, 2);
-    let replay = id_of(post_keyed(&app, METRIC, &metric_body(1.0), &token, "k").await).await;
+    let replay = id_of(post_keyed(&app, METRIC, &page_load(1.0), &token, "k").await).await;
     assert_eq!(replay, renewed, "the renewed key is remembered again");
 }
 

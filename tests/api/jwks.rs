@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-use crate::helpers::{Backend, TestApp};
+use crate::helpers::{Backend, TestApp, eventually, metric_body};
 
 const METRIC: &str = "/api/analytics/log_raw_metric";
 
@@ -109,7 +109,7 @@ async fn fetches(server: &MockServer) -> usize {
 }
 
 async fn send(app: &TestApp, token: &str) -> (u16, Value) {
-    let body = json!({"metric_name": "m", "metric_value": 1, "data_string": "d"});
+    let body = metric_body("m", 1, "d");
     let response = app.post_json(METRIC, &body, Some(token)).await;
     (response.status().as_u16(), response.json().await.unwrap())
 }
@@ -278,11 +278,7 @@ async fn an_unreachable_key_server_answers_503_while_hmac_tokens_still_work() {
     let es = TestKey::es256("ec-a", "es256_a.pem");
 
     let response = app
-        .post_json(
-            METRIC,
-            &json!({"metric_name": "m", "metric_value": 1, "data_string": "d"}),
-            Some(&es.token("u")),
-        )
+        .post_json(METRIC, &metric_body("m", 1, "d"), Some(&es.token("u")))
         .await;
     let (hmac_status, _) = send(&app, &app.token("u")).await;
 
@@ -336,10 +332,12 @@ async fn old_keys_are_served_at_once_while_one_background_fetch_replaces_them() 
         statuses.push(send(&app, &es.token("u")).await.0);
     }
     let answered_in = started.elapsed();
-    let poll_until = Instant::now() + Duration::from_secs(10);
-    while fetches(&server).await == 0 && Instant::now() < poll_until {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(
+        "the background key fetch",
+        Duration::from_secs(10),
+        async || fetches(&server).await > 0,
+    )
+    .await;
 
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
     eprintln!("measured: 5 requests with old keys answered in {answered_in:?}");

@@ -7,13 +7,11 @@ use analytics_service::clock::SystemClock;
 use serde_json::{Value, json};
 use sqlx::{Connection, Executor};
 
-use crate::helpers::{Backend, TestApp, TestDatabase, metric_storage_503_body, test_settings};
+use crate::helpers::{
+    Backend, TestApp, TestDatabase, event_body, metric_body, metric_storage_503_body, test_settings,
+};
 
 const METRIC: &str = "/api/analytics/log_raw_metric";
-
-fn metric_body() -> Value {
-    json!({"metric_name": "m", "metric_value": 1, "data_string": "d"})
-}
 
 #[tokio::test]
 async fn healthz_and_readyz_answer_when_the_database_does() {
@@ -35,7 +33,7 @@ async fn an_unreachable_database_gives_503_with_retry_after() {
     let app = TestApp::start(settings, None, Arc::new(SystemClock)).await;
 
     let response = app
-        .post_json(METRIC, &metric_body(), Some(&app.token("u")))
+        .post_json(METRIC, &metric_body("m", 1, "d"), Some(&app.token("u")))
         .await;
     let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
 
@@ -63,7 +61,7 @@ async fn a_broken_schema_gives_500_with_a_safe_message() {
     conn.execute(r#"drop table "AnalyticsDetails""#)
         .await
         .unwrap();
-    let body = json!({"type": "t", "data": {}, "data_index": "i"});
+    let body = event_body("t", json!({}), "i");
 
     let response = app
         .post_json(
@@ -89,7 +87,7 @@ async fn metric_rows_in(query: &str, table: &str) -> i64 {
     let app = TestApp::start(test_settings(&url), Some(database), Arc::new(SystemClock)).await;
 
     let response = app
-        .post_json(METRIC, &metric_body(), Some(&app.token("u")))
+        .post_json(METRIC, &metric_body("m", 1, "d"), Some(&app.token("u")))
         .await;
 
     assert_eq!(response.status(), 200);
@@ -138,7 +136,7 @@ async fn the_embedded_default_creates_its_file_and_folder() {
     let app = TestApp::start(settings.clone(), None, Arc::new(SystemClock)).await;
 
     let response = app
-        .post_json(METRIC, &metric_body(), Some(&app.token("u")))
+        .post_json(METRIC, &metric_body("m", 1, "d"), Some(&app.token("u")))
         .await;
 
     assert_eq!(response.status(), 200);
@@ -153,7 +151,7 @@ async fn shutdown_lets_in_flight_requests_finish() {
         .client
         .post(app.url(METRIC))
         .bearer_auth(app.token("u"))
-        .json(&metric_body())
+        .json(&metric_body("m", 1, "d"))
         .send();
     let in_flight = tokio::spawn(request);
     app.wait_for_lock_waiter().await;

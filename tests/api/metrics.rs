@@ -7,7 +7,7 @@ use analytics_service::clock::FixedClock;
 use chrono::{TimeZone, Utc};
 use serde_json::{Value, json};
 
-use crate::helpers::{Backend, TestApp};
+use crate::helpers::{Backend, TestApp, metric_body};
 use crate::on_both_backends;
 
 const PATH: &str = "/api/analytics/log_raw_metric";
@@ -22,8 +22,7 @@ async fn stored_id(response: reqwest::Response) -> String {
 
 async fn metric_is_stored_and_its_id_returned(app: TestApp) {
     let token = app.token("user-1");
-    let body =
-        json!({"metric_name": "page_load_time", "metric_value": 123.45, "data_string": "/build"});
+    let body = metric_body("page_load_time", 123.45, "/build");
 
     let id = stored_id(app.post_json(PATH, &body, Some(&token)).await).await;
 
@@ -45,7 +44,7 @@ async fn metric_is_stored_and_its_id_returned(app: TestApp) {
 async fn the_original_six_metric_values_are_stored_exactly(app: TestApp) {
     let token = app.token("user-1");
     for value in [0.0, 1.0, 0.5, 100.0, 999_999.99, 1e-10] {
-        let body = json!({"metric_name": "m", "metric_value": value, "data_string": "d"});
+        let body = metric_body("m", value, "d");
 
         let id = stored_id(app.post_json(PATH, &body, Some(&token)).await).await;
 
@@ -56,7 +55,7 @@ async fn the_original_six_metric_values_are_stored_exactly(app: TestApp) {
 
 async fn numeric_strings_are_converted(app: TestApp) {
     let token = app.token("user-1");
-    let body = json!({"metric_name": "m", "metric_value": " 2.5 ", "data_string": "d"});
+    let body = metric_body("m", " 2.5 ", "d");
 
     let id = stored_id(app.post_json(PATH, &body, Some(&token)).await).await;
 
@@ -68,7 +67,7 @@ async fn numeric_strings_are_converted(app: TestApp) {
 
 async fn validation_errors_are_all_reported_in_the_original_shape(app: TestApp) {
     let token = app.token("user-1");
-    let body = json!({"metric_name": "", "metric_value": "abc", "data_string": 42});
+    let body = metric_body("", "abc", 42);
 
     let response = app.post_json(PATH, &body, Some(&token)).await;
 
@@ -128,7 +127,7 @@ async fn non_finite_negative_and_non_numeric_values_are_refused(app: TestApp) {
         (json!(null), "float_type"),
     ];
     for (value, kind) in cases {
-        let body = json!({"metric_name": "m", "metric_value": value, "data_string": "d"});
+        let body = metric_body("m", value.clone(), "d");
 
         let response = app.post_json(PATH, &body, Some(&token)).await;
 
@@ -140,7 +139,7 @@ async fn non_finite_negative_and_non_numeric_values_are_refused(app: TestApp) {
 
 async fn control_characters_are_stripped_before_storing(app: TestApp) {
     let token = app.token("user-1");
-    let body = json!({"metric_name": "a\u{0}b", "metric_value": 1, "data_string": "\u{1}"});
+    let body = metric_body("a\u{0}b", 1, "\u{1}");
 
     let id = stored_id(app.post_json(PATH, &body, Some(&token)).await).await;
 
@@ -174,7 +173,7 @@ async fn timestamps_come_from_the_clock_at_millisecond_precision() {
     let now = Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap()
         + chrono::Duration::microseconds(678_901);
     let app = TestApp::spawn_full(Backend::Postgres, |_| {}, Arc::new(FixedClock(now))).await;
-    let body = json!({"metric_name": "m", "metric_value": 1, "data_string": "d"});
+    let body = metric_body("m", 1, "d");
 
     let id = stored_id(app.post_json(PATH, &body, Some(&app.token("u"))).await).await;
 

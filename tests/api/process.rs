@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use analytics_service::auth::mint_token;
 
-use crate::helpers::test_settings;
+use crate::helpers::{eventually, test_settings};
 
 /// The service started as a process on a free port with an SQLite file of its own.
 pub struct ServiceProcess {
@@ -47,14 +47,16 @@ impl ServiceProcess {
             _dir: dir,
         };
         let client = reqwest::Client::new();
-        for _ in 0..300 {
-            let health = client.get(service.url("/healthz")).send().await;
-            if health.is_ok_and(|r| r.status() == 200) {
-                return service;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("the service did not answer /healthz within 15 s");
+        eventually(
+            "the service to answer /healthz",
+            Duration::from_secs(15),
+            async || {
+                let health = client.get(service.url("/healthz")).send().await;
+                health.is_ok_and(|r| r.status() == 200)
+            },
+        )
+        .await;
+        service
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -10,7 +10,7 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use serde_json::{Map, Value, json};
 
-use crate::helpers::{Backend, TestApp};
+use crate::helpers::{Backend, TestApp, event_body, metric_body};
 
 /// Strings that hit the interesting cases: control characters, numerals, anything else.
 fn text() -> impl Strategy<Value = String> {
@@ -93,7 +93,7 @@ proptest! {
     #![proptest_config(cases(2000))]
 
     #[test]
-    fn validation_never_panics_and_accepted_bodies_keep_the_contract(body in prop_oneof![body_like(), event_body()]) {
+    fn validation_never_panics_and_accepted_bodies_keep_the_contract(body in prop_oneof![body_like(), event_bodies()]) {
         match NewMetric::parse(&body) {
             Ok(metric) => {
                 prop_assert!(metric.metric_value.is_finite() && metric.metric_value >= 0.0);
@@ -184,21 +184,21 @@ fn body_text() -> impl Strategy<Value = String> {
         number(),
         text().prop_map(Value::from),
     ];
-    let nested_data = (event_body(), event_body()).prop_map(|(mut outer, inner)| {
+    let nested_data = (event_bodies(), event_bodies()).prop_map(|(mut outer, inner)| {
         outer["data"]["data"] = inner["data"].clone();
         outer
     });
     let value = prop_oneof![
-        3 => event_body(),
+        3 => event_bodies(),
         2 => by_position,
-        1 => event_body().prop_map(|event| json!([event])),
+        1 => event_bodies().prop_map(|event| json!([event])),
         1 => scalar,
         1 => nested_data,
         2 => body_like(),
     ];
     let text = value.prop_flat_map(spelled);
     let repeated_key = (
-        event_body(),
+        event_bodies(),
         prop::sample::select(vec!["type", "data", "data_index"]),
     )
         .prop_map(|(event, key)| {
@@ -226,7 +226,7 @@ proptest! {
     }
 }
 
-fn metric_body() -> impl Strategy<Value = Value> {
+fn metric_bodies() -> impl Strategy<Value = Value> {
     let non_empty = any::<String>().prop_filter("at least one character", |s| !s.is_empty());
     let value = prop_oneof![
         (0.0..f64::MAX).prop_map(Value::from),
@@ -234,17 +234,15 @@ fn metric_body() -> impl Strategy<Value = Value> {
         Just(Value::from(0.0)),
         (0u32..100_000).prop_map(|n| Value::from(format!(" {n}.5 "))),
     ];
-    (non_empty.clone(), value, non_empty).prop_map(|(name, value, data)| {
-        serde_json::json!({"metric_name": name, "metric_value": value, "data_string": data})
-    })
+    (non_empty.clone(), value, non_empty)
+        .prop_map(|(name, value, data)| metric_body(name, value, data))
 }
 
-fn event_body() -> impl Strategy<Value = Value> {
+fn event_bodies() -> impl Strategy<Value = Value> {
     let data = prop::collection::vec((text(), json_value()), 0..6)
         .prop_map(|pairs| Value::Object(pairs.into_iter().collect()));
-    (any::<String>(), data, any::<String>()).prop_map(
-        |(kind, data, index)| serde_json::json!({"type": kind, "data": data, "data_index": index}),
-    )
+    (any::<String>(), data, any::<String>())
+        .prop_map(|(kind, data, index)| event_body(kind, data, index))
 }
 
 /// JSON numbers as JSON means them: PostgreSQL's JSONB keeps the value, not serde's
@@ -277,7 +275,7 @@ async fn accepted_bodies_round_trip(backend: Backend, cases: u32) {
 
     tokio::task::block_in_place(|| {
         runner
-            .run(&metric_body(), |body| {
+            .run(&metric_bodies(), |body| {
                 runtime.block_on(async {
                     let expected =
                         NewMetric::parse(&body).expect("the strategy makes valid bodies");
@@ -297,7 +295,7 @@ async fn accepted_bodies_round_trip(backend: Backend, cases: u32) {
             })
             .unwrap();
         runner
-            .run(&event_body(), |body| {
+            .run(&event_bodies(), |body| {
                 runtime.block_on(async {
                     let expected =
                         NewAnalyticsEvent::parse(&body).expect("the strategy makes valid bodies");

@@ -9,19 +9,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use analytics_service::clock::SystemClock;
-use serde_json::{Value, json};
+use serde_json::Value;
 use sqlx::Connection;
 
 use crate::helpers::{
-    Backend, TestApp, TestDatabase, admin_pg_url, metric_storage_503_body, test_settings,
+    Backend, TestApp, TestDatabase, admin_pg_url, eventually, metric_body, metric_storage_503_body,
+    test_settings,
 };
 use crate::pg_proxy::PgProxy;
 
 const METRIC: &str = "/api/analytics/log_raw_metric";
-
-fn metric(name: &str) -> Value {
-    json!({"metric_name": name, "metric_value": 1, "data_string": "d"})
-}
 
 /// The PostgreSQL server the tests use, for the proxy to forward to.
 fn pg_server() -> SocketAddr {
@@ -44,18 +41,17 @@ async fn stored_ids(direct_url: &str, name: &str) -> Vec<String> {
 
 /// Polls `/readyz` until it answers `status` (each call bounded by the service itself).
 async fn readyz_until(app: &TestApp, status: u16) -> Value {
-    let mut seen = Vec::new();
-    for _ in 0..30 {
+    let what = format!("/readyz to answer {status}");
+    eventually(&what, Duration::from_secs(5), async || {
         let response = app.client.get(app.url("/readyz")).send().await.unwrap();
         let code = response.status().as_u16();
         let body: Value = response.json().await.unwrap();
-        if code == status {
-            return body;
+        if code != status {
+            eprintln!("/readyz answered {code}: {body}");
         }
-        seen.push((code, body));
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("/readyz never answered {status}: {seen:?}");
+        (code == status).then_some(body)
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -71,26 +67,29 @@ async fn a_database_that_stops_answering_mid_batch_is_detected_and_the_writer_re
     settings.database.acquire_timeout = Duration::from_millis(1000);
     let app = TestApp::start(settings, Some(database), Arc::new(SystemClock)).await;
     let token = app.token("user-1");
-    let before = app.post_json(METRIC, &metric("before"), Some(&token)).await;
+    let before = app
+        .post_json(METRIC, &metric_body("before", 1, "d"), Some(&token))
+        .await;
     assert_eq!(before.status(), 200);
 
     proxy.black_hole_existing();
     let started = Instant::now();
     let stuck = tokio::spawn({
         let request = app.client.post(app.url(METRIC)).bearer_auth(&token);
-        request.json(&metric("stuck")).send()
+        request.json(&metric_body("stuck", 1, "d")).send()
     });
-    let mut polls = 0;
-    while !app.group_commit.stalled() && polls < 500 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        polls += 1;
-    }
+    eventually("the writer to stall", Duration::from_secs(5), async || {
+        app.group_commit.stalled()
+    })
+    .await;
     let ready_while_stuck = readyz_until(&app, 503).await;
     let stuck = stuck.await.unwrap().unwrap();
     let stuck_for = started.elapsed();
     let mut after = Vec::new();
     for i in 0..5 {
-        let response = app.post_json(METRIC, &metric("after"), Some(&token)).await;
+        let response = app
+            .post_json(METRIC, &metric_body("after", 1, "d"), Some(&token))
+            .await;
         let status = response.status().as_u16();
         after.push((status, response.json::<Value>().await.unwrap()));
         if status == 200 || i == 4 {
@@ -162,33 +161,31 @@ impl Process {
 
     /// The address from the "listening" line, once it is logged.
     async fn address(&self) -> SocketAddr {
-        for _ in 0..600 {
-            let listening = self.log().into_iter().find(|l| l.contains("listening"));
-            if let Some(line) = listening {
-                let line: Value = serde_json::from_str(&line).unwrap();
-                return line["address"].as_str().unwrap().parse().unwrap();
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("the service never listened: {:?}", self.log());
+        let line = eventually(
+            "the \"listening\" line",
+            Duration::from_secs(30),
+            async || self.log().into_iter().find(|l| l.contains("listening")),
+        )
+        .await;
+        let line: Value = serde_json::from_str(&line).unwrap();
+        line["address"].as_str().unwrap().parse().unwrap()
     }
 
-    /// Waits up to `limit` for the process to exit; kills it (and fails) after that.
+    /// Waits up to `limit` for the process to exit; fails after that (the drop kills it).
     async fn exit_within(&mut self, limit: Duration) -> std::process::ExitStatus {
-        let started = Instant::now();
-        while started.elapsed() < limit {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let _ = self.child.kill();
-        panic!("still running {limit:?} after SIGTERM: {:?}", self.log());
+        let child = &mut self.child;
+        eventually("the process to exit after SIGTERM", limit, async || {
+            child.try_wait().unwrap()
+        })
+        .await
     }
 }
 
 impl Drop for Process {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("the service logged: {:?}", self.log());
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -219,7 +216,10 @@ async fn sigterm_with_the_database_black_holed_exits_within_the_shutdown_deadlin
     );
     let client = reqwest::Client::new();
     let url = format!("http://{address}{METRIC}");
-    let first = client.post(&url).bearer_auth(&token).json(&metric("first"));
+    let first = client
+        .post(&url)
+        .bearer_auth(&token)
+        .json(&metric_body("first", 1, "d"));
     assert_eq!(first.send().await.unwrap().status(), 200);
     proxy.black_hole_all();
     let requests: Vec<_> = (0..3)
@@ -227,21 +227,20 @@ async fn sigterm_with_the_database_black_holed_exits_within_the_shutdown_deadlin
             let request = client
                 .post(&url)
                 .bearer_auth(&token)
-                .json(&metric("cut-off"));
+                .json(&metric_body("cut-off", 1, "d"));
             tokio::spawn(request.send())
         })
         .collect();
-    let mut stalled = false;
-    for _ in 0..100 {
-        let ready = client.get(format!("http://{address}/readyz")).send().await;
-        let body: Value = ready.unwrap().json().await.unwrap();
-        stalled = body["detail"] == "Database writes are stalled";
-        if stalled {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(stalled, "the requests never reached the writer");
+    eventually(
+        "the requests to reach the writer (/readyz: writes stalled)",
+        Duration::from_secs(10),
+        async || {
+            let ready = client.get(format!("http://{address}/readyz")).send().await;
+            let body: Value = ready.unwrap().json().await.unwrap();
+            body["detail"] == "Database writes are stalled"
+        },
+    )
+    .await;
 
     let signalled = Instant::now();
     let killed = Command::new("kill")

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::helpers::{Backend, TestApp};
+use crate::helpers::{Backend, TestApp, eventually};
 use crate::prometheus::{parse, value};
 use crate::support::serial;
 
@@ -56,15 +56,12 @@ async fn counts(addr: SocketAddr) -> Counts {
 /// Scrapes until `expected` holds (a connection's task ends a moment after its socket
 /// closes), for at most 5 s; returns the last counts.
 async fn counts_once(addr: SocketAddr, expected: Counts) -> Counts {
-    let mut last = counts(addr).await;
-    for _ in 0..100 {
-        if last == expected {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        last = counts(addr).await;
-    }
-    last
+    let what = format!("the connection counts {expected:?}");
+    eventually(&what, Duration::from_secs(5), async || {
+        let last = counts(addr).await;
+        (last == expected).then_some(last)
+    })
+    .await
 }
 
 async fn wait_for_close(stream: &mut TcpStream) {

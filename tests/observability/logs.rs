@@ -1,9 +1,11 @@
 //! Log lines: JSON, one per line, each line of a request carrying its request id.
 
-use serde_json::{Value, json};
+use std::time::Duration;
 
-use crate::helpers::{Backend, TestApp};
-use crate::support::{eventually, log_lines, serial, start_telemetry};
+use serde_json::Value;
+
+use crate::helpers::{Backend, TestApp, eventually, metric_body};
+use crate::support::{log_lines, serial, start_telemetry};
 
 const METRIC: &str = "/api/analytics/log_raw_metric";
 
@@ -22,7 +24,7 @@ async fn the_request_id_is_returned_and_in_every_log_line_of_the_request() {
     let app = TestApp::spawn(Backend::Sqlite).await;
     let token = app.token("user-1");
     let given = format!("req-{}", uuid::Uuid::new_v4());
-    let body = json!({"metric_name": "m", "metric_value": 1, "data_string": "d"});
+    let body = metric_body("m", 1, "d");
 
     let with_id = app
         .client
@@ -42,7 +44,12 @@ async fn the_request_id_is_returned_and_in_every_log_line_of_the_request() {
         .to_owned();
     assert!(uuid::Uuid::parse_str(&generated).is_ok(), "{generated}");
     for request_id in [given.as_str(), generated.as_str()] {
-        assert!(eventually(5, || !lines_with(request_id).is_empty()).await);
+        eventually(
+            "the request's log lines",
+            Duration::from_secs(5),
+            async || !lines_with(request_id).is_empty(),
+        )
+        .await;
         let lines = lines_with(request_id);
         let finished = lines
             .iter()
@@ -74,12 +81,14 @@ async fn a_handler_log_line_carries_the_request_id_of_its_request() {
         .unwrap();
 
     assert_eq!(response.status(), 503);
-    assert!(
-        eventually(5, || {
+    eventually(
+        "a WARN line in the request's span",
+        Duration::from_secs(5),
+        async || {
             lines_with(&request_id).iter().any(|line| {
                 line["level"] == "WARN" && line["span"]["request_id"] == request_id.as_str()
             })
-        })
-        .await
-    );
+        },
+    )
+    .await;
 }

@@ -7,9 +7,8 @@ use analytics_service::clock::SystemClock;
 use analytics_service::settings::{Settings, load_from};
 use analytics_service::startup::Application;
 use prometheus_parse::{LineInfo, Scrape, Value as Sample};
-use serde_json::json;
 
-use crate::helpers::{Backend, TestApp, TestDatabase, test_settings};
+use crate::helpers::{Backend, TestApp, TestDatabase, metric_body, test_settings};
 use crate::support::serial;
 
 const METRIC: &str = "/api/analytics/log_raw_metric";
@@ -55,7 +54,7 @@ async fn metrics_parse_as_prometheus_text_and_move_with_requests() {
     let app = TestApp::spawn(Backend::Sqlite).await;
     let counter = [("method", "POST"), ("route", METRIC), ("status", "200")];
     let before = scrape(&app.client, &app.url("/metrics")).await;
-    let body = json!({"metric_name": "m", "metric_value": 1, "data_string": "d"});
+    let body = metric_body("m", 1, "d");
 
     let response = app.post_json(METRIC, &body, Some(&app.token("u"))).await;
 
@@ -99,8 +98,8 @@ async fn each_status_of_a_route_is_counted_on_its_own_and_every_time() {
         let labels = [("method", "POST"), ("route", METRIC), ("status", status)];
         value(s, "http_requests_total", &labels).unwrap_or(0.0)
     };
-    let valid = json!({"metric_name": "m", "metric_value": 1, "data_string": "d"});
-    let invalid = json!({"metric_name": "", "metric_value": 1, "data_string": "d"});
+    let valid = metric_body("m", 1, "d");
+    let invalid = metric_body("", 1, "d");
     let before = scrape(&app.client, &app.url("/metrics")).await;
 
     for body in [&valid, &invalid, &valid] {
@@ -129,7 +128,7 @@ async fn storage_errors_are_counted_by_kind() {
         .unwrap_or(0.0)
     };
     let before = scrape(&app.client, &app.url("/metrics")).await;
-    let body = json!({"metric_name": "m", "metric_value": 1, "data_string": "d"});
+    let body = metric_body("m", 1, "d");
 
     let response = app.post_json(METRIC, &body, Some(&app.token("u"))).await;
 

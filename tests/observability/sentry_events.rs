@@ -8,8 +8,8 @@ use serde_json::{Value, json};
 use sqlx::{Connection, Executor};
 
 use crate::fake_sentry::FakeSentry;
-use crate::helpers::{Backend, TestApp};
-use crate::support::{eventually, serial, start_telemetry};
+use crate::helpers::{Backend, TestApp, event_body, eventually, metric_body};
+use crate::support::{serial, start_telemetry};
 
 const METRIC: &str = "/api/analytics/log_raw_metric";
 const ANALYTICS: &str = "/api/analytics/log_raw_analytics";
@@ -18,10 +18,6 @@ const DB_PASSWORD: &str = "db-password-never-sent";
 const API_KEY: &str = "alerts-api-key-never-sent";
 const COOKIE: &str = "session-cookie-never-sent";
 const FLUSH: Duration = Duration::from_secs(5);
-
-fn metric_body() -> Value {
-    json!({"metric_name": "page_load_ms", "metric_value": 12.5, "data_string": "/build"})
-}
 
 /// Settings pointing at `fake`, tracing everything, with secrets worth leaking.
 fn with_sentry(fake: &FakeSentry) -> impl FnOnce(&mut Settings) {
@@ -88,7 +84,7 @@ async fn a_storage_failure_is_one_error_event_with_environment_release_and_reque
         .bearer_auth(&token)
         .header("cookie", format!("session={COOKIE}"))
         .header("x-api-key", API_KEY)
-        .json(&json!({"type": "t", "data": {}, "data_index": "i"}))
+        .json(&event_body("t", json!({}), "i"))
         .send()
         .await
         .unwrap();
@@ -99,7 +95,10 @@ async fn a_storage_failure_is_one_error_event_with_environment_release_and_reque
         .unwrap()
         .to_owned();
     assert!(telemetry.flush(FLUSH));
-    assert!(eventually(5, || !fake.events().is_empty()).await);
+    eventually("a Sentry event", Duration::from_secs(5), async || {
+        !fake.events().is_empty()
+    })
+    .await;
     let events = fake.events();
     assert_eq!(events.len(), 1, "{events:#?}");
     let event = &events[0];
@@ -129,14 +128,17 @@ async fn a_422_is_not_an_error_event() {
     let _serial = serial().await;
     let fake = FakeSentry::start().await;
     let (telemetry, app) = spawn(Backend::Sqlite, &fake).await;
-    let body = json!({"metric_name": "", "metric_value": "abc", "data_string": 1});
+    let body = metric_body("", "abc", 1);
 
     let response = app.post_json(METRIC, &body, Some(&app.token("u"))).await;
 
     assert_eq!(response.status(), 422);
     assert!(telemetry.flush(FLUSH));
     // The request's transaction arriving shows the pipeline works; no event came with it.
-    assert!(eventually(5, || !fake.transactions().is_empty()).await);
+    eventually("a Sentry transaction", Duration::from_secs(5), async || {
+        !fake.transactions().is_empty()
+    })
+    .await;
     assert!(telemetry.flush(FLUSH));
     assert_eq!(fake.events(), Vec::<Value>::new());
     assert_eq!(
@@ -153,13 +155,20 @@ async fn a_row_of_an_unknown_user_is_a_403_not_an_error_event() {
     app.require_known_users(&["known"]).await;
 
     let response = app
-        .post_json(METRIC, &metric_body(), Some(&app.token("stranger")))
+        .post_json(
+            METRIC,
+            &metric_body("page_load_ms", 12.5, "/build"),
+            Some(&app.token("stranger")),
+        )
         .await;
 
     assert_eq!(response.status(), 403);
     assert!(telemetry.flush(FLUSH));
     // The request's transaction arriving shows the pipeline works; no event came with it.
-    assert!(eventually(5, || !fake.transactions().is_empty()).await);
+    eventually("a Sentry transaction", Duration::from_secs(5), async || {
+        !fake.transactions().is_empty()
+    })
+    .await;
     assert!(telemetry.flush(FLUSH));
     assert_eq!(fake.events(), Vec::<Value>::new());
 }
@@ -179,7 +188,7 @@ async fn every_request_is_a_transaction_named_by_its_route_template_continuing_t
         .post(app.url(METRIC))
         .bearer_auth(app.token("u"))
         .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
-        .json(&metric_body())
+        .json(&metric_body("page_load_ms", 12.5, "/build"))
         .send()
         .await
         .unwrap();
@@ -187,7 +196,10 @@ async fn every_request_is_a_transaction_named_by_its_route_template_continuing_t
     assert_eq!(health.status(), 200);
     assert_eq!(response.status(), 200);
     assert!(telemetry.flush(FLUSH));
-    assert!(eventually(5, || !fake.transactions().is_empty()).await);
+    eventually("a Sentry transaction", Duration::from_secs(5), async || {
+        !fake.transactions().is_empty()
+    })
+    .await;
     let transactions = fake.transactions();
     assert_eq!(
         transactions.len(),
@@ -232,14 +244,17 @@ async fn a_transactions_url_reaches_sentry_without_its_query_string() {
         .client
         .post(format!("{}?token={token}&page=2", app.url(METRIC)))
         .bearer_auth(&token)
-        .json(&metric_body())
+        .json(&metric_body("page_load_ms", 12.5, "/build"))
         .send()
         .await
         .unwrap();
 
     assert_eq!(response.status(), 200);
     assert!(telemetry.flush(FLUSH));
-    assert!(eventually(5, || !fake.transactions().is_empty()).await);
+    eventually("a Sentry transaction", Duration::from_secs(5), async || {
+        !fake.transactions().is_empty()
+    })
+    .await;
     let transaction = &fake.transactions()[0];
     let url = transaction["request"]["url"].as_str().unwrap();
     assert!(url.ends_with(METRIC), "{url}");
@@ -268,7 +283,7 @@ async fn transactions_after_a_sampled_incoming_trace(trust_incoming_traces: bool
             "sentry-trace",
             "4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1",
         )
-        .json(&metric_body())
+        .json(&metric_body("page_load_ms", 12.5, "/build"))
         .send()
         .await
         .unwrap();
@@ -277,7 +292,10 @@ async fn transactions_after_a_sampled_incoming_trace(trust_incoming_traces: bool
 
     assert_eq!(response.status(), 200);
     assert!(telemetry.flush(FLUSH));
-    assert!(eventually(5, || !fake.events().is_empty()).await);
+    eventually("a Sentry event", Duration::from_secs(5), async || {
+        !fake.events().is_empty()
+    })
+    .await;
     fake.transactions().len()
 }
 
@@ -312,7 +330,10 @@ async fn capture_error_sends_the_error_with_its_source_chain_and_flushes() {
 
     analytics_service::telemetry::capture_error(err.as_ref());
 
-    assert!(eventually(5, || !fake.events().is_empty()).await);
+    eventually("a Sentry event", Duration::from_secs(5), async || {
+        !fake.events().is_empty()
+    })
+    .await;
     let events = fake.events();
     assert_eq!(events.len(), 1, "logged once, reported once: {events:#?}");
     let chain: Vec<&str> = events[0]["exception"]["values"]
@@ -340,10 +361,17 @@ fn with_no_dsn_nothing_is_sent() {
     let fake = fake_runtime.block_on(FakeSentry::start());
     runtime().block_on(async {
         let (telemetry, app) = spawn(Backend::Sqlite, &fake).await;
-        app.post_json(METRIC, &metric_body(), Some(&app.token("u")))
-            .await;
+        app.post_json(
+            METRIC,
+            &metric_body("page_load_ms", 12.5, "/build"),
+            Some(&app.token("u")),
+        )
+        .await;
         assert!(telemetry.flush(FLUSH));
-        assert!(eventually(5, || !fake.transactions().is_empty()).await);
+        eventually("a Sentry transaction", Duration::from_secs(5), async || {
+            !fake.transactions().is_empty()
+        })
+        .await;
     });
     let received = fake.raw().len();
 
@@ -358,7 +386,11 @@ fn with_no_dsn_nothing_is_sent() {
         drop_table(&app, "AnalyticsMetrics").await;
 
         let failed = app
-            .post_json(METRIC, &metric_body(), Some(&app.token("u")))
+            .post_json(
+                METRIC,
+                &metric_body("page_load_ms", 12.5, "/build"),
+                Some(&app.token("u")),
+            )
             .await;
 
         assert_eq!(failed.status(), 500);
@@ -396,7 +428,10 @@ async fn a_panicking_handler_is_reported_once_and_answered_500() {
 
     assert_eq!(response.status(), 500);
     assert!(telemetry.flush(FLUSH));
-    assert!(eventually(5, || !fake.events().is_empty()).await);
+    eventually("a Sentry event", Duration::from_secs(5), async || {
+        !fake.events().is_empty()
+    })
+    .await;
     let events = fake.events();
     assert_eq!(events.len(), 1, "{events:#?}");
     let exception = &events[0]["exception"]["values"][0];

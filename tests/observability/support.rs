@@ -1,4 +1,5 @@
-//! What every test here shares: the serial lock, the captured log lines, telemetry set-up.
+//! What every test here shares: the serial lock, the captured log lines, telemetry set-up
+//! (`eventually` and the request bodies come from `tests/api/helpers.rs`).
 
 use std::io::Write;
 use std::sync::Mutex;
@@ -54,18 +55,4 @@ pub fn log_lines() -> Vec<String> {
         .lines()
         .map(str::to_owned)
         .collect()
-}
-
-/// Polls `check` every 20 ms until it holds or `seconds` pass; true when it held.
-pub async fn eventually(seconds: u64, mut check: impl FnMut() -> bool) -> bool {
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(seconds);
-    loop {
-        if check() {
-            return true;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
 }

@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 
-use crate::helpers::{Backend, TestApp};
+use crate::helpers::{Backend, TestApp, event_body};
 
 const ALLOWED: &str = "https://platform.example.com";
 const ANALYTICS: &str = "/api/analytics/log_raw_analytics";
@@ -72,7 +72,7 @@ async fn an_allowed_origin_may_read_the_retry_and_rate_limit_headers() {
         .post(app.url(ANALYTICS))
         .header("origin", ALLOWED)
         .bearer_auth(app.token("u"))
-        .json(&json!({"type": "t", "data": {}, "data_index": "i"}))
+        .json(&event_body("t", json!({}), "i"))
         .send()
         .await
         .unwrap();

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::raw::{chunked, connect, exchange, post_head, read_response};
-use crate::helpers::{Backend, TestApp};
+use crate::helpers::{Backend, TestApp, event_body, metric_body};
 use crate::on_both_backends;
 
 /// Every route that reads a body, with a valid body of exactly `size` bytes for it.
@@ -142,7 +142,7 @@ async fn gzip_deflate_brotli_and_zstd_bodies_are_decompressed_and_stored() {
         ("zstd", zstd),
     ];
     for (encoding, encode) in encoders {
-        let body = json!({"type": encoding, "data": {"k": "v"}, "data_index": "i"});
+        let body = event_body(encoding, json!({"k": "v"}), "i");
 
         let response = app
             .client
@@ -307,7 +307,7 @@ async fn slow_clients_trickling_headers_are_closed_while_others_are_served() {
     });
 
     for i in 0..20 {
-        let body = json!({"metric_name": "m", "metric_value": i, "data_string": "d"});
+        let body = metric_body("m", i, "d");
         let response = app
             .post_json(
                 "/api/analytics/log_raw_metric",

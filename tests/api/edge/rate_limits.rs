@@ -7,13 +7,9 @@ use analytics_service::settings::Settings;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use serde_json::{Value, json};
 
-use crate::helpers::{Backend, TestApp};
+use crate::helpers::{Backend, TestApp, event_body, metric_body};
 
 const PATH: &str = "/api/analytics/log_raw_metric";
-
-fn body() -> Value {
-    json!({"metric_name": "m", "metric_value": 1, "data_string": "d"})
-}
 
 /// Limits that refill so slowly (one token per 1000 s) that no token comes back mid-test.
 fn ip_limit(burst: u32) -> impl FnOnce(&mut Settings) {
@@ -44,13 +40,17 @@ async fn one_request_over_the_ip_burst_gets_429_with_retry_after() {
     let app = TestApp::spawn_with(Backend::Sqlite, ip_limit(3)).await;
     let token = app.token("user-ip");
     for i in 0..3 {
-        let response = app.post_json(PATH, &body(), Some(&token)).await;
+        let response = app
+            .post_json(PATH, &metric_body("m", 1, "d"), Some(&token))
+            .await;
         assert_eq!(response.status(), 200, "request {i} is within the burst");
     }
 
-    let over = app.post_json(PATH, &body(), Some(&token)).await;
+    let over = app
+        .post_json(PATH, &metric_body("m", 1, "d"), Some(&token))
+        .await;
     // Before auth: a request without a token is refused by the IP limit too.
-    let anonymous = app.post_json(PATH, &body(), None).await;
+    let anonymous = app.post_json(PATH, &metric_body("m", 1, "d"), None).await;
     let probe = app.client.get(app.url("/healthz")).send().await.unwrap();
 
     assert_rate_limited(over, 3).await;
@@ -70,20 +70,26 @@ async fn one_request_over_the_user_burst_gets_429_and_other_users_are_unaffected
     let bob = app.token("bob");
     for _ in 0..2 {
         assert_eq!(
-            app.post_json(PATH, &body(), Some(&alice)).await.status(),
+            app.post_json(PATH, &metric_body("m", 1, "d"), Some(&alice))
+                .await
+                .status(),
             200
         );
     }
 
-    let over = app.post_json(PATH, &body(), Some(&alice)).await;
+    let over = app
+        .post_json(PATH, &metric_body("m", 1, "d"), Some(&alice))
+        .await;
     let other_route = app
         .post_json(
             "/api/analytics/log_raw_analytics",
-            &json!({"type": "t", "data": {}, "data_index": "i"}),
+            &event_body("t", json!({}), "i"),
             Some(&alice),
         )
         .await;
-    let other_user = app.post_json(PATH, &body(), Some(&bob)).await;
+    let other_user = app
+        .post_json(PATH, &metric_body("m", 1, "d"), Some(&bob))
+        .await;
 
     assert_rate_limited(over, 2).await;
     assert_eq!(
@@ -105,13 +111,15 @@ async fn a_batch_takes_one_user_token_per_item() {
     })
     .await;
     let alice = app.token("alice");
-    let batch = |n: usize| serde_json::Value::Array(vec![body(); n]);
+    let batch = |n: usize| serde_json::Value::Array(vec![metric_body("m", 1, "d"); n]);
     let batch_path = "/api/analytics/log_raw_metric/batch";
 
     let seven = app.post_json(batch_path, &batch(7), Some(&alice)).await;
     let four = app.post_json(batch_path, &batch(4), Some(&alice)).await;
     let three = app.post_json(batch_path, &batch(3), Some(&alice)).await;
-    let one_more = app.post_json(PATH, &body(), Some(&alice)).await;
+    let one_more = app
+        .post_json(PATH, &metric_body("m", 1, "d"), Some(&alice))
+        .await;
 
     assert_eq!(seven.status(), 200);
     assert_eq!(four.status(), 429, "only 3 tokens are left");
@@ -133,7 +141,7 @@ async fn behind_a_trusted_proxy_the_forwarded_client_ip_is_limited() {
             .post(app.url(PATH))
             .bearer_auth(&token)
             .header("x-forwarded-for", xff)
-            .json(&body())
+            .json(&metric_body("m", 1, "d"))
             .send()
     };
 
@@ -206,7 +214,9 @@ fn dry_run_lets_every_request_through_and_counts_the_would_be_refusals() {
             .await;
             let token = app.token("user-dry");
             for i in 0..5 {
-                let response = app.post_json(PATH, &body(), Some(&token)).await;
+                let response = app
+                    .post_json(PATH, &metric_body("m", 1, "d"), Some(&token))
+                    .await;
                 assert_eq!(response.status(), 200, "request {i} passes in dry-run mode");
             }
         })

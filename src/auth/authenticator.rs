@@ -65,28 +65,26 @@ enum KeyRoute {
 impl Authenticator {
     /// A verifier for the settings' key, algorithm and key set (validated settings
     /// required); the key set is fetched later (`prefetch_keys` or the first token).
-    pub fn new(settings: &Config) -> Self {
-        let mut validation = Validation::new(settings.algorithm());
+    pub fn new(config: &Config) -> Self {
+        let mut validation = Validation::new(config.algorithm());
         validation.set_audience(&[AUDIENCE]);
         validation.leeway = 0;
         validation.validate_nbf = true;
-        validation.required_spec_claims = if settings.require_exp {
+        validation.required_spec_claims = if config.require_exp {
             HashSet::from(["exp".to_owned(), "aud".to_owned()])
         } else {
             HashSet::from(["aud".to_owned()])
         };
-        let jwks = settings.jwks_url().map(|url| {
+        let jwks = config.jwks_url().map(|url| {
             JwksCache::new(
                 url,
-                settings.jwks_timeout,
-                settings.jwks_min_refresh,
-                settings.jwks_max_age,
+                config.jwks_timeout,
+                config.jwks_min_refresh,
+                config.jwks_max_age,
             )
         });
         Authenticator {
-            hmac: settings
-                .key()
-                .map(|k| DecodingKey::from_secret(k.as_bytes())),
+            hmac: config.key().map(|k| DecodingKey::from_secret(k.as_bytes())),
             validation,
             jwks,
             verified: VerifiedTokens::default(),

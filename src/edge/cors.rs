@@ -14,11 +14,11 @@ const EXPOSED: [HeaderName; 4] = [
 ];
 
 /// The CORS layer for the allowlist; `None` when no origin is allowed (no CORS headers).
-pub fn layer(settings: &BrowserConfig) -> Option<CorsLayer> {
-    let origins: Vec<HeaderValue> = settings
+pub fn layer(config: &BrowserConfig) -> Option<CorsLayer> {
+    let origins: Vec<HeaderValue> = config
         .origins()
         .into_iter()
-        .map(|o| HeaderValue::from_str(o).expect("settings validation checked the origins"))
+        .map(|o| HeaderValue::from_str(o).expect("config validation checked the origins"))
         .collect();
     if origins.is_empty() {
         return None;
@@ -32,6 +32,6 @@ pub fn layer(settings: &BrowserConfig) -> Option<CorsLayer> {
             // code change (auth is still checked on the actual request).
             .allow_headers(AllowHeaders::mirror_request())
             .expose_headers(EXPOSED)
-            .max_age(settings.preflight_max_age),
+            .max_age(config.preflight_max_age),
     )
 }

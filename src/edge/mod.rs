@@ -1,6 +1,6 @@
 //! The service's edge: what protects it from bad input and abuse before (and just after)
-//! the handlers run: request timeout, body limits and decompression, rate limits, CORS and
-//! beacon-mode ingestion.
+//! the handlers run: request timeout, body limits and decompression, the body budget, rate
+//! limits and CORS. (Beacon-mode bodies are read in `routes::beacon`.)
 //!
 //! Order of the layers, outermost first: CORS → error shapes → timeout → per-IP rate limit
 //! → request decompression → body limit → routes. CORS is outermost so that browsers can

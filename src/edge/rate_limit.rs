@@ -143,16 +143,12 @@ impl std::fmt::Debug for RateLimits {
 
 impl RateLimits {
     /// Limits as configured; a rate of 0 disables that limit.
-    pub fn new(settings: &RateLimitConfig) -> Self {
+    pub fn new(config: &RateLimitConfig) -> Self {
         RateLimits {
-            ip: Bucket::new(LimitKind::Ip, settings.ip_per_second, settings.ip_burst),
-            user: Bucket::new(
-                LimitKind::User,
-                settings.user_per_second,
-                settings.user_burst,
-            ),
-            dry_run: settings.dry_run,
-            trusted_proxy_hops: settings.trusted_proxy_hops,
+            ip: Bucket::new(LimitKind::Ip, config.ip_per_second, config.ip_burst),
+            user: Bucket::new(LimitKind::User, config.user_per_second, config.user_burst),
+            dry_run: config.dry_run,
+            trusted_proxy_hops: config.trusted_proxy_hops,
             checks: AtomicU64::new(0),
         }
     }

@@ -56,16 +56,16 @@ pub(super) struct Batch<R> {
     bytes: usize,
     /// Taken off the queue but over the byte limit: it opens the next batch.
     held_over: Option<Pending<R>>,
-    settings: Config,
+    config: Config,
 }
 
 impl<R: BatchRow> Batch<R> {
-    pub(super) fn new(settings: Config) -> Self {
+    pub(super) fn new(config: Config) -> Self {
         Batch {
             rows: Vec::new(),
             bytes: 0,
             held_over: None,
-            settings,
+            config,
         }
     }
 
@@ -78,7 +78,7 @@ impl<R: BatchRow> Batch<R> {
             metrics::counter!(ABANDONED_ROWS, "table" => R::TABLE).increment(1);
             return;
         }
-        if !self.rows.is_empty() && self.bytes + pending.bytes > self.settings.max_batch_bytes {
+        if !self.rows.is_empty() && self.bytes + pending.bytes > self.config.max_batch_bytes {
             self.held_over = Some(pending);
             return;
         }
@@ -88,8 +88,8 @@ impl<R: BatchRow> Batch<R> {
 
     fn has_room(&self) -> bool {
         self.held_over.is_none()
-            && self.rows.len() < self.settings.max_batch
-            && self.bytes < self.settings.max_batch_bytes
+            && self.rows.len() < self.config.max_batch
+            && self.bytes < self.config.max_batch_bytes
     }
 
     /// True while rows are collected or one is held over.
@@ -134,7 +134,7 @@ pub(super) async fn collect<R: BatchRow>(
             None => break,
         }
     }
-    let max_wait = batch.settings.max_wait;
+    let max_wait = batch.config.max_wait;
     if batch.has_room() && !max_wait.is_zero() {
         let deadline = tokio::time::sleep(max_wait);
         tokio::pin!(deadline);

@@ -99,14 +99,14 @@ struct Queue<R> {
 
 impl<R: BatchRow> Queue<R> {
     /// The queue and the receiving end its writers share.
-    fn new(settings: Config) -> (Self, Intake<R>) {
-        let (sender, receiver) = mpsc::channel(settings.queue_capacity.max(1));
+    fn new(config: Config) -> (Self, Intake<R>) {
+        let (sender, receiver) = mpsc::channel(config.queue_capacity.max(1));
         let bytes = Arc::new(AtomicUsize::new(0));
         let intake = Intake::new(receiver, bytes.clone());
         let queue = Queue {
             sender,
             bytes,
-            capacity_bytes: settings.queue_capacity_bytes,
+            capacity_bytes: config.queue_capacity_bytes,
         };
         (queue, intake)
     }
@@ -171,7 +171,7 @@ struct Signals {
 impl GroupCommit {
     /// Starts the writers of both tables on one thread of their own; fails only when the OS
     /// refuses the thread or its runtime.
-    pub fn start(store: Arc<dyn Store>, settings: Config) -> std::io::Result<Self> {
+    pub fn start(store: Arc<dyn Store>, config: Config) -> std::io::Result<Self> {
         let (stop, stopped) = watch::channel(false);
         let (abort, aborted) = watch::channel(false);
         let unwritten = Arc::new(AtomicUsize::new(0));
@@ -180,9 +180,9 @@ impl GroupCommit {
             aborted,
             unwritten: unwritten.clone(),
         };
-        let (metrics, metric_rows) = Queue::new(settings);
-        let (events, event_rows) = Queue::new(settings);
-        let per_table = settings.writers_per_table.max(1);
+        let (metrics, metric_rows) = Queue::new(config);
+        let (events, event_rows) = Queue::new(config);
+        let per_table = config.writers_per_table.max(1);
         let progress: Vec<Arc<Progress>> = (0..2 * per_table)
             .map(|_| Arc::new(Progress::default()))
             .collect();
@@ -197,7 +197,7 @@ impl GroupCommit {
             .spawn(move || {
                 runtime.block_on(async move {
                     let mut writers = JoinSet::new();
-                    let (s, w) = (settings, &mut writers);
+                    let (s, w) = (config, &mut writers);
                     spawn_writers(w, &store, metric_rows, &metric_progress, s, &signals);
                     spawn_writers(w, &store, event_rows, &event_progress, s, &signals);
                     // A writer that panicked is over too; the others still drain.
@@ -211,7 +211,7 @@ impl GroupCommit {
             stop,
             abort,
             progress,
-            stall_after: settings.stall_after,
+            stall_after: config.stall_after,
             unwritten,
             ended: std::sync::Mutex::new(Some(ended)),
         })
@@ -270,7 +270,7 @@ fn spawn_writers<R: BatchRow>(
     store: &Arc<dyn Store>,
     intake: Intake<R>,
     progress: &[Arc<Progress>],
-    settings: Config,
+    config: Config,
     signals: &Signals,
 ) {
     let intake = Arc::new(Mutex::new(intake));
@@ -278,13 +278,13 @@ fn spawn_writers<R: BatchRow>(
         let store = store.clone();
         let task = Writer {
             intake: intake.clone(),
-            settings,
+            config,
             signals: signals.clone(),
             progress: progress.clone(),
         };
         writers.spawn(async move {
             // Made here, so that its connection belongs to this runtime.
-            let mut connection = store.writer(settings.batch_deadline);
+            let mut connection = store.writer(config.batch_deadline);
             let mut aborted = task.signals.aborted.clone();
             let finished = task.run(&mut *connection).await;
             let stuck = match finished {
@@ -313,14 +313,14 @@ enum Finished {
 /// One writer of one table.
 struct Writer<R> {
     intake: Arc<Mutex<Intake<R>>>,
-    settings: Config,
+    config: Config,
     signals: Signals,
     progress: Arc<Progress>,
 }
 
 impl<R: BatchRow> Writer<R> {
     async fn run(mut self, connection: &mut dyn RowWriter) -> Finished {
-        let mut batch = Batch::new(self.settings);
+        let mut batch = Batch::new(self.config);
         let mut aborted = self.signals.aborted.clone();
         loop {
             let collected = {
@@ -351,7 +351,7 @@ impl<R: BatchRow> Writer<R> {
                 continue;
             }
             self.progress.working();
-            let deadline = tokio::time::Instant::now() + self.settings.batch_deadline;
+            let deadline = tokio::time::Instant::now() + self.config.batch_deadline;
             let committed = tokio::select! {
                 biased;
                 () = abort_requested(&mut aborted) => None,

@@ -59,7 +59,7 @@ pub async fn send_discord_alert(
     _sender: AlertSender,
     body: CheckedBody,
 ) -> Result<Json<AlertSent>, AlertRouteError> {
-    let body = body.parse()?;
+    let body = body.parse().await?;
     let (channel, content) = parse(&body.value).map_err(|errors| body.invalid(errors))?;
     let alerter = state.alerts.as_ref().ok_or(AlertError::NotConfigured)?;
     let answer = match alerter.send(channel, &content).await? {

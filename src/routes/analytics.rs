@@ -51,7 +51,7 @@ pub async fn log_raw_metric(
     body: CheckedBody,
 ) -> Result<Json<String>, ApiError> {
     let caller = state.edge.rate_limits.admit(caller?, 1)?;
-    let body = body.parse()?;
+    let body = body.parse().await?;
     let metric = NewMetric::parse(&body.value).map_err(|errors| body.invalid(errors))?;
     let row = MetricRow::new(state.clock.now(), caller.user_id, metric);
     let id = row.id;
@@ -104,7 +104,7 @@ pub async fn log_raw_analytics(
     let (event, request) = match compact {
         Some(event) => (event, body.into_request()),
         None => {
-            let mut body = body.parse()?;
+            let mut body = body.parse().await?;
             beacon::unwrap_body(state.edge.browser.beacon_enabled, &mut body);
             let event =
                 NewAnalyticsEvent::parse(&body.value).map_err(|errors| body.invalid(errors))?;

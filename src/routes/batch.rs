@@ -153,7 +153,7 @@ pub async fn log_raw_metric_batch(
     _turn: BatchTurn,
     body: CheckedBody,
 ) -> Result<Json<Vec<ItemResult>>, ApiError> {
-    let body = body.parse()?;
+    let body = body.parse().await?;
     let parsed = parse_batch(&body.value, state.batch_max_items, NewMetric::parse);
     let caller = state
         .edge
@@ -195,7 +195,7 @@ pub async fn log_raw_analytics_batch(
     _turn: BatchTurn,
     body: CheckedBody,
 ) -> Result<Json<Vec<ItemResult>>, ApiError> {
-    let body = body.parse()?;
+    let body = body.parse().await?;
     let parsed = parse_batch(&body.value, state.batch_max_items, NewAnalyticsEvent::parse);
     let caller = state
         .edge

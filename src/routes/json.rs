@@ -9,13 +9,41 @@ use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::{HeaderMap, Method, Uri, header};
 use serde_json::{Map, Value};
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::AppState;
 use crate::auth::Unauthenticated;
 use crate::domain::{FieldError, pyjson};
 use crate::edge::body_budget::BodyError;
 use crate::error::ApiError;
+
+/// Bodies larger than this are checked and parsed on a blocking thread, one at a time: a
+/// megabyte of JSON can cost tens of milliseconds of CPU (the 805 KB document of 200,000
+/// `NaN`s: ~20 ms), which on an async worker would stall every request queued behind it.
+const HEAVY_BODY_BYTES: usize = 64 * 1024;
+
+/// One heavy body at a time, so that large (or hostile) bodies take at most one core and
+/// the async workers stay free for the small requests browsers send.
+static HEAVY_TURN: Semaphore = Semaphore::const_new(1);
+
+/// Runs `work` on `bytes`: at once when the body is small, else on a blocking thread once
+/// it has the heavy turn.
+async fn decode<T: Send + 'static>(
+    bytes: &Bytes,
+    work: impl FnOnce(&Bytes) -> T + Send + 'static,
+) -> T {
+    if bytes.len() <= HEAVY_BODY_BYTES {
+        return work(bytes);
+    }
+    let _turn = HEAVY_TURN
+        .acquire()
+        .await
+        .expect("the heavy turn is never closed");
+    let bytes = bytes.clone();
+    tokio::task::spawn_blocking(move || work(&bytes))
+        .await
+        .unwrap_or_else(|err| std::panic::resume_unwind(err.into_panic()))
+}
 
 /// What a 422 names (`POST /path`), kept unformatted so that valid requests never pay for
 /// the text.
@@ -69,8 +97,9 @@ pub struct BufferedBody {
 
 impl BufferedBody {
     /// Parses the body as FastAPI did; a syntax error is the original's 422.
-    fn into_json(self) -> Result<JsonBody, ApiError> {
-        match parse(&self.bytes, self.json) {
+    async fn into_json(self) -> Result<JsonBody, ApiError> {
+        let json = self.json;
+        match decode(&self.bytes, move |bytes| parse(bytes, json)).await {
             Ok(value) => Ok(JsonBody {
                 value,
                 request: self.request,
@@ -103,8 +132,8 @@ impl CheckedBody {
 
     /// The body as FastAPI reads it (`{}` when empty, a string when not sent as JSON):
     /// for after auth. Nesting deeper than serde_json allows is refused only here.
-    pub fn parse(self) -> Result<JsonBody, ApiError> {
-        self.0.into_json()
+    pub async fn parse(self) -> Result<JsonBody, ApiError> {
+        self.0.into_json().await
     }
 }
 
@@ -113,7 +142,8 @@ impl FromRequest<AppState> for CheckedBody {
 
     async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
         let body = BufferedBody::from_request(request, state).await?;
-        match check(&body.bytes, body.json) {
+        let json = body.json;
+        match decode(&body.bytes, move |bytes| check(bytes, json)).await {
             Ok(()) => Ok(CheckedBody(body)),
             Err(error) => Err(body.request.invalid(vec![error])),
         }
@@ -245,6 +275,54 @@ mod tests {
             parse(&Bytes::new(), true).unwrap(),
             Value::Object(Map::new())
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn large_bodies_are_decoded_off_the_caller_one_at_a_time() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        let caller = std::thread::current().id();
+        let small = Bytes::from(vec![b' '; 16]);
+        let large = Bytes::from(vec![b' '; HEAVY_BODY_BYTES + 1]);
+        let (running, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let heavy = |_: usize| {
+            let (running, peak, large) = (running.clone(), peak.clone(), large.clone());
+            async move {
+                decode(&large, move |_| {
+                    let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                    peak.fetch_max(now, Ordering::SeqCst);
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    running.fetch_sub(1, Ordering::SeqCst);
+                    std::thread::current().id()
+                })
+                .await
+            }
+        };
+
+        let inline = decode(&small, |_| std::thread::current().id()).await;
+        let threads = futures_join_all((0..4).map(heavy).collect()).await;
+
+        assert_eq!(inline, caller, "a small body is decoded where it is");
+        assert!(
+            threads.iter().all(|id| *id != caller),
+            "large ones elsewhere"
+        );
+        assert_eq!(peak.load(Ordering::SeqCst), 1, "one at a time");
+    }
+
+    /// Awaits every future at once (spawned, so they run in parallel).
+    async fn futures_join_all<F>(futures: Vec<F>) -> Vec<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
+        let mut out = Vec::new();
+        for handle in handles {
+            out.push(handle.await.unwrap());
+        }
+        out
     }
 
     #[test]

@@ -5,11 +5,15 @@
 //! that auth then refuses. After auth, `CheckedBody::parse` gives the `JsonBody` whose
 //! fields the domain types validate.
 
+use std::panic::AssertUnwindSafe;
+use std::sync::{LazyLock, mpsc};
+
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::{HeaderMap, Method, Uri, header};
 use serde_json::{Map, Value};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use thread_priority::{ThreadPriority, ThreadPriorityValue, set_current_thread_priority};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use super::AppState;
 use crate::auth::Unauthenticated;
@@ -17,17 +21,44 @@ use crate::domain::{FieldError, pyjson};
 use crate::edge::body_budget::BodyError;
 use crate::error::ApiError;
 
-/// Bodies larger than this are checked and parsed on a blocking thread, one at a time: a
-/// megabyte of JSON can cost tens of milliseconds of CPU (the 805 KB document of 200,000
+/// Bodies larger than this are checked and parsed on a thread of their own, one at a time:
+/// a megabyte of JSON can cost tens of milliseconds of CPU (the 805 KB document of 200,000
 /// `NaN`s: ~20 ms), which on an async worker would stall every request queued behind it.
 const HEAVY_BODY_BYTES: usize = 64 * 1024;
 
-/// One heavy body at a time, so that large (or hostile) bodies take at most one core and
-/// the async workers stay free for the small requests browsers send.
+/// The heavy-body thread's CPU priority: nice 10 in thread-priority's cross-platform scale
+/// (0-99, mapped linearly onto nice 19 to -20 on Linux; a test checks the niceness). When
+/// the cores are busy, the small requests browsers send (on the async workers, nice 0) go
+/// first, so a flood of large or hostile bodies slows down itself rather than everyone
+/// (bench/abuse.sh, docs/PERFORMANCE.md).
+const HEAVY_PRIORITY: u8 = 22;
+
+/// One heavy body at a time: waiting for the turn can be cancelled (a client that went
+/// away leaves no work behind), and at most one body is being decoded.
 static HEAVY_TURN: Semaphore = Semaphore::const_new(1);
 
-/// Runs `work` on `bytes`: at once when the body is small, else on a blocking thread once
-/// it has the heavy turn.
+type HeavyJob = Box<dyn FnOnce() + Send>;
+
+/// The heavy-body thread, started on first use.
+static HEAVY_THREAD: LazyLock<mpsc::Sender<HeavyJob>> = LazyLock::new(|| {
+    let (jobs, queue) = mpsc::channel::<HeavyJob>();
+    std::thread::Builder::new()
+        .name("heavy-bodies".to_owned())
+        .spawn(move || {
+            let priority = ThreadPriorityValue::try_from(HEAVY_PRIORITY).expect("within 0-99");
+            if let Err(err) = set_current_thread_priority(ThreadPriority::Crossplatform(priority)) {
+                tracing::warn!(?err, "the heavy-body thread keeps the normal CPU priority");
+            }
+            for job in queue {
+                job();
+            }
+        })
+        .expect("the OS starts one more thread at start-up");
+    jobs
+});
+
+/// Runs `work` on `bytes`: at once when the body is small, else on the heavy-body thread
+/// once it has the heavy turn.
 async fn decode<T: Send + 'static>(
     bytes: &Bytes,
     work: impl FnOnce(&Bytes) -> T + Send + 'static,
@@ -39,10 +70,21 @@ async fn decode<T: Send + 'static>(
         .acquire()
         .await
         .expect("the heavy turn is never closed");
+    let (done, answer) = oneshot::channel();
     let bytes = bytes.clone();
-    tokio::task::spawn_blocking(move || work(&bytes))
+    let job: HeavyJob = Box::new(move || {
+        let _ = done.send(std::panic::catch_unwind(AssertUnwindSafe(|| work(&bytes))));
+    });
+    HEAVY_THREAD
+        .send(job)
+        .expect("the heavy-body thread runs for the life of the process");
+    match answer
         .await
-        .unwrap_or_else(|err| std::panic::resume_unwind(err.into_panic()))
+        .expect("the heavy-body thread answers every job")
+    {
+        Ok(value) => value,
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
 }
 
 /// What a 422 names (`POST /path`), kept unformatted so that valid requests never pay for

@@ -4,7 +4,7 @@
 mod auth;
 mod delivery;
 mod failures;
-mod fake_discord;
+pub mod fake_discord;
 mod flood;
 mod storage_watch;
 

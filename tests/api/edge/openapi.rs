@@ -209,19 +209,11 @@ async fn real_answers_of_every_route_match_the_served_document() {
     use wiremock::matchers::{method, path};
     use wiremock::{Mock, MockServer, ResponseTemplate};
 
+    use crate::alerts::fake_discord::{mount_channel, mount_messages};
+
     let discord = MockServer::start().await;
-    Mock::given(method("GET"))
-        .and(path("/channels/42"))
-        .respond_with(
-            ResponseTemplate::new(200).set_body_json(serde_json::json!({"id": "42", "type": 0})),
-        )
-        .mount(&discord)
-        .await;
-    Mock::given(method("POST"))
-        .and(path("/channels/42/messages"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({"id": "m1"})))
-        .mount(&discord)
-        .await;
+    mount_channel(&discord, "42", 0).await;
+    mount_messages(&discord, "42").await;
     Mock::given(method("GET"))
         .and(path("/channels/77"))
         .respond_with(
@@ -254,6 +246,7 @@ async fn real_answers_of_every_route_match_the_served_document() {
     let mb = "/api/analytics/log_raw_metric/batch";
     let eb = "/api/analytics/log_raw_analytics/batch";
     let alert = "/api/alerts/discord";
+    let disk_full = r#"{"content":"disk full"}"#;
     let cases: Vec<Case> = vec![
         ("post", m, &user, None, metric.to_owned(), 200),
         ("post", m, "", None, metric.to_owned(), 401),
@@ -296,22 +289,9 @@ async fn real_answers_of_every_route_match_the_served_document() {
         ),
         ("post", eb, &user, None, format!("[{event}]"), 200),
         ("post", eb, "", None, format!("[{event}]"), 401),
-        (
-            "post",
-            alert,
-            &admin,
-            None,
-            r#"{"content":"disk full"}"#.to_owned(),
-            200,
-        ),
-        (
-            "post",
-            alert,
-            &admin,
-            None,
-            r#"{"content":"disk full"}"#.to_owned(),
-            200,
-        ),
+        // Sent, then the same alert again: answered "Suppressed duplicate".
+        ("post", alert, &admin, None, disk_full.to_owned(), 200),
+        ("post", alert, &admin, None, disk_full.to_owned(), 200),
         (
             "post",
             alert,

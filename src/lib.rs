@@ -28,5 +28,6 @@ pub mod routes;
 pub mod server;
 pub mod settings;
 pub mod startup;
+pub mod store;
 pub mod telemetry;
 pub mod wire;

@@ -228,7 +228,10 @@ pub fn load_from(
     Ok(settings)
 }
 
-/// The components' configs, each read from its section(s) of the merged layers.
+/// The components' configs, each read from its section(s) of the merged layers. A section
+/// two components share (`[ingest]`, `[server]`) is read once for each, not split with
+/// `#[serde(flatten)]`: through flatten, an environment value (always a string) is no longer
+/// converted to the number its field wants.
 fn compose(app_env: AppEnv, file: &config::Config) -> Result<Settings, SettingsError> {
     let behave_as: String = file.get("behave_as")?;
     let telemetry = telemetry::Config {

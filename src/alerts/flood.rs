@@ -22,7 +22,7 @@ pub enum Admission {
     },
     /// The same alert went out within the window: drop this one.
     Suppress,
-    /// The same alert is being sent: wait for [`InFlight::settled`], then ask again.
+    /// The same alert is being sent: wait until it has settled, then ask again.
     Wait(InFlight),
 }
 

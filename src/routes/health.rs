@@ -1,7 +1,8 @@
 //! `GET /healthz` (the process answers) and `GET /readyz` (the database answers and takes
 //! writes).
 
-use crate::wire::{Detail, Status};
+use std::sync::Arc;
+
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -11,6 +12,9 @@ use utoipa_axum::routes;
 
 use super::AppState;
 use crate::edge::limits::RETRY_AFTER_SECS;
+use crate::ingest::GroupCommit;
+use crate::store::Store;
+use crate::wire::{Detail, Status};
 
 /// The unauthenticated probe routes.
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -34,14 +38,17 @@ pub async fn healthz() -> Json<Status> {
         (status = 503, description = "The database does not answer, or queued rows are not being committed", body = Detail,
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
     ))]
-pub async fn readyz(State(state): State<AppState>) -> Response {
+pub async fn readyz(
+    State(store): State<Arc<dyn Store>>,
+    State(ingest): State<Arc<GroupCommit>>,
+) -> Response {
     // The writers have connections of their own: a ping on the store's pool can succeed
     // while they are stuck.
-    if state.ingest.stalled() {
+    if ingest.stalled() {
         tracing::warn!("readiness check: group-commit writes are not committing");
         return unavailable("Database writes are stalled");
     }
-    match tokio::time::timeout(PING_TIMEOUT, state.store.ping()).await {
+    match tokio::time::timeout(PING_TIMEOUT, store.ping()).await {
         Ok(Ok(())) => Json(Status::OK).into_response(),
         Ok(Err(err)) => {
             tracing::warn!(error = ?err, "readiness check: database not answering");

@@ -1,5 +1,7 @@
 //! `GET /metrics`: Prometheus text format.
 
+use std::sync::Arc;
+
 use axum::Router;
 use axum::extract::State;
 use axum::http::header;
@@ -7,6 +9,8 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 
 use super::AppState;
+use crate::ingest::GroupCommit;
+use crate::store::Store;
 use crate::telemetry::prometheus;
 
 /// The scrape route, for the main router or the admin listener.
@@ -15,13 +19,16 @@ pub fn routes() -> Router<AppState> {
 }
 
 /// Every metric in the Prometheus text format, the pool and queue gauges read at this moment.
-pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+pub async fn metrics(
+    State(store): State<Arc<dyn Store>>,
+    State(ingest): State<Arc<GroupCommit>>,
+) -> impl IntoResponse {
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        prometheus::render(state.store.pool_stats(), state.ingest.waiting_rows()),
+        prometheus::render(store.pool_stats(), ingest.waiting_rows()),
     )
 }
 

@@ -59,6 +59,20 @@ pub struct Handles {
     pub idempotency: Idempotency,
 }
 
+/// The store alone, for handlers that need nothing else.
+impl FromRef<AppState> for Arc<dyn Store> {
+    fn from_ref(state: &AppState) -> Self {
+        state.store.clone()
+    }
+}
+
+/// The group-commit writers alone.
+impl FromRef<AppState> for Arc<GroupCommit> {
+    fn from_ref(state: &AppState) -> Self {
+        state.ingest.clone()
+    }
+}
+
 /// The `Caller` extractor's view of the state.
 impl FromRef<AppState> for Arc<Authenticator> {
     fn from_ref(state: &AppState) -> Self {

@@ -319,52 +319,53 @@ mod tests {
         );
     }
 
+    /// The niceness of the calling thread (field 19 of its `stat`, counted after the
+    /// parenthesised command name, which may hold spaces).
+    fn current_niceness() -> i32 {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+        let after_name = stat.rsplit(')').next().unwrap();
+        after_name
+            .split_whitespace()
+            .nth(16)
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn large_bodies_are_decoded_off_the_caller_one_at_a_time() {
+    async fn large_bodies_are_decoded_on_the_niced_thread_one_at_a_time() {
         use std::sync::Arc;
         use std::sync::atomic::{AtomicUsize, Ordering};
 
-        let caller = std::thread::current().id();
+        let thread_name = || std::thread::current().name().map(str::to_owned);
         let small = Bytes::from(vec![b' '; 16]);
         let large = Bytes::from(vec![b' '; HEAVY_BODY_BYTES + 1]);
         let (running, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-        let heavy = |_: usize| {
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..4 {
             let (running, peak, large) = (running.clone(), peak.clone(), large.clone());
-            async move {
+            tasks.spawn(async move {
                 decode(&large, move |_| {
                     let now = running.fetch_add(1, Ordering::SeqCst) + 1;
                     peak.fetch_max(now, Ordering::SeqCst);
                     std::thread::sleep(std::time::Duration::from_millis(20));
                     running.fetch_sub(1, Ordering::SeqCst);
-                    std::thread::current().id()
                 })
                 .await
-            }
-        };
+            });
+        }
 
-        let inline = decode(&small, |_| std::thread::current().id()).await;
-        let threads = futures_join_all((0..4).map(heavy).collect()).await;
+        let inline = decode(&small, move |_| thread_name()).await;
+        let heavy = decode(&large, move |_| (thread_name(), current_niceness())).await;
+        tasks.join_all().await;
 
-        assert_eq!(inline, caller, "a small body is decoded where it is");
-        assert!(
-            threads.iter().all(|id| *id != caller),
-            "large ones elsewhere"
+        assert_eq!(inline, thread_name(), "a small body is decoded where it is");
+        assert_eq!(
+            heavy,
+            (Some("heavy-bodies".to_owned()), 10),
+            "a large one on the niced thread"
         );
         assert_eq!(peak.load(Ordering::SeqCst), 1, "one at a time");
-    }
-
-    /// Awaits every future at once (spawned, so they run in parallel).
-    async fn futures_join_all<F>(futures: Vec<F>) -> Vec<F::Output>
-    where
-        F: std::future::Future + Send + 'static,
-        F::Output: Send + 'static,
-    {
-        let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
-        let mut out = Vec::new();
-        for handle in handles {
-            out.push(handle.await.unwrap());
-        }
-        out
     }
 
     #[test]

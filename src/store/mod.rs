@@ -392,11 +392,11 @@ impl PoolStats {
 
 /// Opens the configured database, waits for it within `startup_timeout`, and applies
 /// the migrations when `run_migrations` is set.
-pub async fn connect(settings: &Config) -> Result<Arc<dyn Store>, StoreError> {
-    let kind = settings.kind().map_err(StoreError::InvalidUrl)?;
+pub async fn connect(config: &Config) -> Result<Arc<dyn Store>, StoreError> {
+    let kind = config.kind().map_err(StoreError::InvalidUrl)?;
     let store: Arc<dyn Store> = match kind {
-        DatabaseKind::Postgres => Arc::new(PgStore::connect(settings).await?),
-        DatabaseKind::Sqlite => Arc::new(SqliteStore::connect(settings).await?),
+        DatabaseKind::Postgres => Arc::new(PgStore::connect(config).await?),
+        DatabaseKind::Sqlite => Arc::new(SqliteStore::connect(config).await?),
     };
     Ok(store)
 }

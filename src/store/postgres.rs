@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::NaiveDateTime;
-use secrecy::ExposeSecret;
 use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::types::Json;
@@ -93,9 +92,9 @@ fn connect_options(url: &str) -> Result<(PgConnectOptions, Option<String>), Stor
 const IDLE_BEFORE_PING: Duration = Duration::from_secs(1);
 
 /// The options of the store's pool and of each writer's own pool, but their size.
-fn pool_options(settings: &Config) -> PgPoolOptions {
+fn pool_options(config: &Config) -> PgPoolOptions {
     PgPoolOptions::new()
-        .acquire_timeout(settings.acquire_timeout)
+        .acquire_timeout(config.acquire_timeout)
         .idle_timeout(Some(Duration::from_secs(300)))
         // sqlx pings every connection on acquire by default: one extra round trip per
         // group-commit transaction. Ping only connections that sat idle a while (a
@@ -143,27 +142,23 @@ fn quote_ident(name: &str) -> String {
 }
 
 impl PgStore {
-    /// Builds the pool, waits for the server and migrates, as the settings say.
-    pub async fn connect(settings: &Config) -> Result<Self, StoreError> {
-        let url = settings
-            .url
-            .as_ref()
-            .map(|u| u.expose_secret().trim().to_owned())
-            .unwrap_or_default();
-        let (connect_options, schema) = connect_options(&url)?;
-        let pool_options = pool_options(settings);
+    /// Builds the pool, waits for the server and migrates, as the config says.
+    pub async fn connect(config: &Config) -> Result<Self, StoreError> {
+        let url = config.url().unwrap_or_default();
+        let (connect_options, schema) = connect_options(url)?;
+        let pool_options = pool_options(config);
         let pool = pool_options
             .clone()
-            .max_connections(settings.max_connections)
+            .max_connections(config.max_connections)
             .connect_lazy_with(connect_options.clone());
         let store = PgStore {
             pool,
             writer_pool: pool_options.max_connections(1),
             connect_options,
-            writer_startup_options: !behind_pgbouncer(&url),
+            writer_startup_options: !behind_pgbouncer(url),
         };
-        wait_until_ready(settings.startup_timeout, || store.ping()).await?;
-        if settings.run_migrations {
+        wait_until_ready(config.startup_timeout, || store.ping()).await?;
+        if config.run_migrations {
             store.migrate(schema.as_deref()).await?;
         }
         Ok(store)

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::NaiveDateTime;
-use secrecy::ExposeSecret;
 use serde_json::Value;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -28,23 +27,18 @@ pub struct SqliteStore {
     pool: SqlitePool,
 }
 
-fn connect_options(settings: &Config) -> Result<SqliteConnectOptions, StoreError> {
-    let url = settings
-        .url
-        .as_ref()
-        .map(|u| u.expose_secret().trim())
-        .filter(|u| !u.is_empty());
-    let options = match url {
+fn connect_options(config: &Config) -> Result<SqliteConnectOptions, StoreError> {
+    let options = match config.url() {
         Some(url) => SqliteConnectOptions::from_str(url)
             .map_err(|e| StoreError::InvalidUrl(format!("SQLite URL not understood ({e})")))?,
-        None => SqliteConnectOptions::new().filename(&settings.sqlite_path),
+        None => SqliteConnectOptions::new().filename(&config.sqlite_path),
     };
     // FULL: a 2xx promises the row survives a power cut, not only a crash.
     Ok(options
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Full)
-        .busy_timeout(settings.acquire_timeout))
+        .busy_timeout(config.acquire_timeout))
 }
 
 fn create_parent_folder(options: &SqliteConnectOptions) -> Result<(), StoreError> {
@@ -59,16 +53,16 @@ fn create_parent_folder(options: &SqliteConnectOptions) -> Result<(), StoreError
 
 impl SqliteStore {
     /// Opens (creating if needed) the file and its folder, then migrates.
-    pub async fn connect(settings: &Config) -> Result<Self, StoreError> {
-        let options = connect_options(settings)?;
+    pub async fn connect(config: &Config) -> Result<Self, StoreError> {
+        let options = connect_options(config)?;
         create_parent_folder(&options)?;
         let pool = SqlitePoolOptions::new()
-            .max_connections(settings.max_connections)
-            .acquire_timeout(settings.acquire_timeout)
+            .max_connections(config.max_connections)
+            .acquire_timeout(config.acquire_timeout)
             .connect_lazy_with(options);
         let store = SqliteStore { pool };
-        wait_until_ready(settings.startup_timeout, || store.ping()).await?;
-        if settings.run_migrations {
+        wait_until_ready(config.startup_timeout, || store.ping()).await?;
+        if config.run_migrations {
             MIGRATOR
                 .run(&store.pool)
                 .await

@@ -109,9 +109,10 @@ pub enum SettingsError {
 }
 
 impl Settings {
-    /// `app:{APP_ENV}-behave:{BEHAVE_AS}`, the Sentry environment of the original.
-    pub fn sentry_environment(&self) -> String {
-        format!("app:{}-behave:{}", self.app_env.as_str(), self.behave_as)
+    /// `app:{APP_ENV}-behave:{BEHAVE_AS}`, the Sentry environment of the original (made
+    /// once, in `compose`, for telemetry).
+    pub fn sentry_environment(&self) -> &str {
+        &self.telemetry.environment
     }
 
     /// Each component's own checks, then those that span components.

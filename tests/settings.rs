@@ -233,3 +233,51 @@ fn every_secret_is_known_to_the_scrubbers() {
         assert!(secrets.iter().any(|s| s == secret), "{secret} missing");
     }
 }
+
+/// The configs built in code for unit tests (and the serde fallbacks of `[rate_limit]` and
+/// `[browser]`) say they hold the values of `config/default.toml`: they must not drift.
+#[test]
+fn the_defaults_written_in_code_are_those_of_default_toml() {
+    use analytics_service::{alerts, auth, edge, ingest, server, store};
+
+    let file = load_with(&[]).unwrap();
+    let same = |code: &dyn std::fmt::Debug, loaded: &dyn std::fmt::Debug, what: &str| {
+        assert_eq!(format!("{code:?}"), format!("{loaded:?}"), "{what}");
+    };
+
+    same(
+        &ingest::Config::default(),
+        &file.ingest,
+        "ingest::Config::default",
+    );
+    same(
+        &server::Config::default(),
+        &file.server,
+        "server::Config::default",
+    );
+    same(
+        &store::Config::sqlite("data/analytics.db"),
+        &file.database,
+        "store::Config::sqlite",
+    );
+    same(
+        &auth::Config::hmac(LOCAL_DEV_JWT_KEY),
+        &file.auth,
+        "auth::Config::hmac (the local profile's key)",
+    );
+    same(
+        &alerts::Config::new("", "https://discord.com/api/v10"),
+        &file.alerts,
+        "alerts::Config::new",
+    );
+    same(
+        &edge::RateLimitConfig::default(),
+        &file.edge.rate_limit,
+        "RateLimitConfig::default",
+    );
+    same(
+        &edge::BrowserConfig::default(),
+        &file.edge.browser,
+        "BrowserConfig::default",
+    );
+}

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde_with::{DurationMilliSeconds, DurationSeconds, serde_as};
 
 /// Everything the edge is built from.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Config {
     /// `[rate_limit]`.
     pub rate_limit: RateLimitConfig,
@@ -37,19 +37,6 @@ pub struct RequestLimits {
     pub request_timeout: Duration,
 }
 
-impl Default for RequestLimits {
-    /// The values of `config/default.toml`.
-    fn default() -> Self {
-        RequestLimits {
-            body_limit_bytes: 1024 * 1024,
-            body_budget_bytes: 256 * 1024 * 1024,
-            anonymous_body_budget_bytes: 32 * 1024 * 1024,
-            body_budget_wait: Duration::from_millis(250),
-            request_timeout: Duration::from_secs(30),
-        }
-    }
-}
-
 /// Token-bucket rate limits (`[rate_limit]`); a rate of 0 turns that limit off.
 #[serde_as]
 #[derive(Debug, Clone, Deserialize)]
@@ -77,10 +64,12 @@ pub struct RateLimitConfig {
 }
 
 impl Default for RateLimitConfig {
+    /// The values of `config/default.toml`: the per-IP limit is off (behind a load balancer
+    /// every client would share one address until `trusted_proxy_hops` is set).
     fn default() -> Self {
         RateLimitConfig {
             dry_run: false,
-            ip_per_second: 200.0,
+            ip_per_second: 0.0,
             ip_burst: 400,
             user_per_second: 50.0,
             user_burst: 1000,
@@ -108,6 +97,7 @@ pub struct BrowserConfig {
 }
 
 impl Default for BrowserConfig {
+    /// The values of `config/default.toml`.
     fn default() -> Self {
         BrowserConfig {
             allowed_origins: String::new(),

@@ -33,17 +33,6 @@ pub struct Config {
     pub max_concurrent: usize,
 }
 
-impl Default for Config {
-    /// The values of `config/default.toml`.
-    fn default() -> Self {
-        Config {
-            max_items: 1000,
-            body_limit_bytes: 16 * 1024 * 1024,
-            max_concurrent: 8,
-        }
-    }
-}
-
 impl Config {
     /// Checks what the types cannot.
     pub fn validate(&self) -> Result<(), String> {

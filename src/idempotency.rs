@@ -137,13 +137,9 @@ impl Idempotency {
         row: &MetricRow,
     ) -> Result<Keyed, StoreError> {
         let hash = || metric_hash(&row.metric);
-        let claim = match header.claim(hash, self.expired_before(self.clock.now())) {
-            Ok(Some(claim)) => claim,
-            Ok(None) => return Ok(Keyed::NoKey),
-            Err(invalid) => return Ok(Keyed::Invalid(invalid)),
-        };
-        let outcome = store.insert_metric_idempotent(row, &claim).await?;
-        Ok(keyed(outcome, row.id.to_string(), &claim))
+        let insert =
+            async |claim: &IdempotencyClaim| store.insert_metric_idempotent(row, claim).await;
+        self.store_keyed(header, row.id, hash, insert).await
     }
 
     /// As `store_metric`, for an analytics event.
@@ -154,13 +150,27 @@ impl Idempotency {
         row: &EventRow,
     ) -> Result<Keyed, StoreError> {
         let hash = || event_hash(&row.event);
+        let insert =
+            async |claim: &IdempotencyClaim| store.insert_event_idempotent(row, claim).await;
+        self.store_keyed(header, row.id, hash, insert).await
+    }
+
+    /// Claims the request's key for the body's hash and inserts the row under it (`new_id`);
+    /// the hash is computed only when there is a key (most requests carry none).
+    async fn store_keyed(
+        &self,
+        header: &IdempotencyHeader,
+        new_id: uuid::Uuid,
+        hash: impl FnOnce() -> String,
+        insert: impl AsyncFnOnce(&IdempotencyClaim) -> Result<IdempotentInsert, StoreError>,
+    ) -> Result<Keyed, StoreError> {
         let claim = match header.claim(hash, self.expired_before(self.clock.now())) {
             Ok(Some(claim)) => claim,
             Ok(None) => return Ok(Keyed::NoKey),
             Err(invalid) => return Ok(Keyed::Invalid(invalid)),
         };
-        let outcome = store.insert_event_idempotent(row, &claim).await?;
-        Ok(keyed(outcome, row.id.to_string(), &claim))
+        let outcome = insert(&claim).await?;
+        Ok(keyed(outcome, new_id.to_string(), &claim))
     }
 
     /// Deletes expired keys now and then until the task is aborted.

@@ -12,7 +12,6 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use rand::Rng;
 use reqwest::header::{AUTHORIZATION, HeaderValue};
 use reqwest::{Method, Response, StatusCode};
-
 use serde::Deserialize;
 use serde_json::{Value, json};
 

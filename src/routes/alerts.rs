@@ -160,14 +160,11 @@ impl FromRequestParts<AppState> for AlertSender {
 
 /// Whether `given` is the configured `ALERTS_API_KEY` (compared in constant time).
 fn is_api_key(state: &AppState, given: &HeaderValue) -> bool {
-    state.alerts_api_key.as_ref().is_some_and(|key| {
-        bool::from(
-            key.expose_secret()
-                .trim()
-                .as_bytes()
-                .ct_eq(given.as_bytes()),
-        )
-    })
+    // Trimmed once, by `alerts::Config::alerts_api_key`, when the state was built.
+    state
+        .alerts_api_key
+        .as_ref()
+        .is_some_and(|key| bool::from(key.expose_secret().as_bytes().ct_eq(given.as_bytes())))
 }
 
 /// The body `{"content": str, "channel": "platform" | "product"}`, every field error at once.

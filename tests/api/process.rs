@@ -157,3 +157,43 @@ async fn two_hundred_anonymous_megabyte_bodies_keep_the_process_under_256_mib() 
     eprintln!("200 anonymous 1 MiB bodies: peak RSS {peak} MiB, statuses {statuses:?}");
     assert!(peak < 256, "peak RSS {peak} MiB");
 }
+
+/// The README's "Try it": a token from `analytics-service token` (the local profile, no
+/// set-up) is accepted by the running binary, which answers each body with the new id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readmes_try_it_works_on_the_real_binary() {
+    let minted = Command::new(env!("CARGO_BIN_EXE_analytics-service"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_clear()
+        .args(["token", "--user-id", "2b7e1516-28ae-4d2a-abf7-158809cf4f3c"])
+        .output()
+        .expect("the token command runs");
+    assert!(minted.status.success(), "{minted:?}");
+    let token = String::from_utf8(minted.stdout).unwrap().trim().to_owned();
+    let service = ServiceProcess::start(&[]).await;
+    let client = reqwest::Client::new();
+
+    for (path, body) in [
+        (
+            "/api/analytics/log_raw_metric",
+            r#"{"metric_name": "page_load_ms", "metric_value": 123.4, "data_string": "/build"}"#,
+        ),
+        (
+            "/api/analytics/log_raw_analytics",
+            r#"{"type": "home_viewed", "data": {}, "data_index": "home_viewed"}"#,
+        ),
+    ] {
+        let response = client
+            .post(service.url(path))
+            .bearer_auth(&token)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+
+        assert_eq!(response.status(), 200, "{path}");
+        let id: String = response.json().await.expect("a JSON string");
+        assert!(uuid::Uuid::parse_str(&id).is_ok(), "{path}: {id}");
+    }
+}

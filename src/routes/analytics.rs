@@ -1,6 +1,7 @@
 //! `POST /api/analytics/log_raw_metric` and `POST /api/analytics/log_raw_analytics`.
 
 use axum::Json;
+use axum::body::Bytes;
 use axum::extract::{FromRequest, Request, State};
 use axum::http::HeaderMap;
 use utoipa_axum::router::OpenApiRouter;
@@ -97,10 +98,12 @@ pub async fn log_raw_analytics(
     let caller = beacon::caller(&state.authenticator, caller, beacon_headers, body.bytes());
     let caller = state.edge.rate_limits.admit(caller.await?, 1)?;
     // Browsers send compact JSON: such an event is read straight from its bytes.
-    let compact = body
-        .is_json()
-        .then(|| NewAnalyticsEvent::from_compact_body(body.bytes()))
-        .flatten();
+    let compact = if body.is_json() {
+        let read = |bytes: &Bytes| NewAnalyticsEvent::from_compact_body(bytes);
+        body.decode_with(read).await
+    } else {
+        None
+    };
     let (event, request) = match compact {
         Some(event) => (event, body.into_request()),
         None => {

@@ -167,6 +167,15 @@ impl CheckedBody {
         self.0.json
     }
 
+    /// Runs `work` on the body's bytes where every decoding of a body runs: at once when
+    /// it is small, else on the heavy-body thread (see `decode`).
+    pub async fn decode_with<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Bytes) -> T + Send + 'static,
+    ) -> T {
+        decode(&self.0.bytes, work).await
+    }
+
     /// What its 422 names.
     pub fn into_request(self) -> RequestLine {
         self.0.request

@@ -93,13 +93,19 @@ async fn alert_goes_to_a_channel_given_by_id_and_the_lookup_is_cached() {
     assert_eq!(requests_to(&discord, "/users/@me/guilds").await, 0);
 }
 
+/// The answer to an alert for `channel` when the bot's guilds hold only the channel
+/// `name` (id `id`, Discord channel type `kind`).
+async fn alert_with_only_channel(name: &str, id: &str, kind: u64, channel: &str) -> (u16, Value) {
+    let discord = MockServer::start().await;
+    mount_guilds_with(&discord, name, id, kind).await;
+    let app = spawn(&discord, |_| {}).await;
+    let (status, body, _) = alert(&app, "anyone there?", channel).await;
+    (status, body)
+}
+
 #[tokio::test]
 async fn an_unknown_channel_name_answers_502_channel_not_found() {
-    let discord = MockServer::start().await;
-    mount_guilds_with(&discord, "some-other-channel", "2222", 0).await;
-    let app = spawn(&discord, |_| {}).await;
-
-    let (status, body, _) = alert(&app, "anyone there?", "platform").await;
+    let (status, body) = alert_with_only_channel("some-other-channel", "2222", 0, "platform").await;
 
     assert_eq!(status, 502);
     assert_eq!(
@@ -110,11 +116,7 @@ async fn an_unknown_channel_name_answers_502_channel_not_found() {
 
 #[tokio::test]
 async fn a_voice_channel_with_the_name_cannot_receive_messages() {
-    let discord = MockServer::start().await;
-    mount_guilds_with(&discord, "product-alerts", "3333", 2).await;
-    let app = spawn(&discord, |_| {}).await;
-
-    let (status, body, _) = alert(&app, "hello", "product").await;
+    let (status, body) = alert_with_only_channel("product-alerts", "3333", 2, "product").await;
 
     assert_eq!(status, 502);
     assert_eq!(

@@ -1,11 +1,11 @@
-//! The command line: `serve` (default), `migrate`, `token`.
+//! The command line: `serve` (default), `load`, `migrate`, `token`.
 
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
 use crate::settings::Settings;
-use crate::startup::{Application, shutdown_signal};
+use crate::startup::{Application, run_loader, shutdown_signal};
 use crate::{auth, store};
 
 /// Analytics ingestion and Discord alerts for the AutoGPT platform.
@@ -22,6 +22,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the HTTP server (the default).
     Serve,
+    /// Move rows from the NATS streams into the database (stream mode), until stopped.
+    Load,
     /// Apply the database migrations and exit.
     Migrate,
     /// Print a JWT signed with the configured key, to call the API by hand.
@@ -47,6 +49,7 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
                 .run_until(shutdown_signal())
                 .await
         }
+        Command::Load => run_loader(&settings, shutdown_signal()).await,
         Command::Migrate => {
             let mut database = settings.database.clone();
             database.run_migrations = true;

@@ -50,23 +50,27 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyHeader {
 }
 
 impl IdempotencyHeader {
-    /// The claim for the body's hash, `Ok(None)` without the header, `Err` with the field
-    /// error of a malformed key. The hash is computed only when there is a key: most
-    /// requests carry none.
+    /// The key, `Ok(None)` without the header, `Err` with the field error of a malformed key.
+    pub fn key(&self) -> Result<Option<&str>, FieldError> {
+        match &self.0 {
+            None => Ok(None),
+            Some(Err(raw)) => Err(invalid_key(raw)),
+            Some(Ok(key)) => Ok(Some(key)),
+        }
+    }
+
+    /// The claim for the body's hash (see [`key`](Self::key)). The hash is computed only
+    /// when there is a key: most requests carry none.
     fn claim(
         &self,
         body_hash: impl FnOnce() -> String,
         expired_before: NaiveDateTime,
     ) -> Result<Option<IdempotencyClaim>, FieldError> {
-        match &self.0 {
-            None => Ok(None),
-            Some(Err(raw)) => Err(invalid_key(raw)),
-            Some(Ok(key)) => Ok(Some(IdempotencyClaim {
-                key: key.clone(),
-                body_hash: body_hash(),
-                expired_before,
-            })),
-        }
+        Ok(self.key()?.map(|key| IdempotencyClaim {
+            key: key.to_owned(),
+            body_hash: body_hash(),
+            expired_before,
+        }))
     }
 }
 
@@ -203,6 +207,18 @@ fn keyed(outcome: IdempotentInsert, new_id: String, claim: &IdempotencyClaim) ->
             Keyed::Replayed(row_id)
         }
         IdempotentInsert::Conflict => Keyed::Conflict(conflict(&claim.key)),
+    }
+}
+
+/// What a key already claimed means for a request: the first request's id when the bodies
+/// match, else a conflict (a 422 at the header). Stream mode's bucket decides with this too.
+pub fn replay_or_conflict(key: &str, body_hash: &str, claimed: (String, String)) -> Keyed {
+    let (claimed_hash, row_id) = claimed;
+    if claimed_hash == body_hash {
+        tracing::debug!("idempotent replay answered with the first request's id");
+        Keyed::Replayed(row_id)
+    } else {
+        Keyed::Conflict(conflict(key))
     }
 }
 

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-use crate::{alerts, auth, edge, idempotency, ingest, routes, server, store, telemetry};
+use crate::{alerts, auth, edge, idempotency, ingest, routes, server, store, stream, telemetry};
 
 /// The original's environment names and where each lands in the settings tree.
 /// `SUPABASE_JWT_SECRET` is only a fallback for `JWT_VERIFY_KEY`, handled in `load_from`.
@@ -33,6 +33,7 @@ const FLAT_NAMES: &[(&str, &str)] = &[
     ("PLATFORM_ALERT_DISCORD_CHANNEL", "discord.platform_channel"),
     ("PRODUCT_ALERT_DISCORD_CHANNEL", "discord.product_channel"),
     ("ALERTS_API_KEY", "discord.alerts_api_key"),
+    ("NATS_URL", "nats.url"),
 ];
 
 /// Which deployment profile is running (`APP_ENV`).
@@ -92,6 +93,10 @@ pub struct Settings {
     pub batch: routes::batch::Config,
     /// `Idempotency-Key` handling (`[idempotency]`).
     pub idempotency: idempotency::Config,
+    /// NATS and its streams, for stream mode (`[nats]`).
+    pub nats: stream::Config,
+    /// The loader, from the streams into the database (`[loader]`).
+    pub loader: stream::LoaderConfig,
     /// Rate limits, browser ingestion and request limits (`[rate_limit]`, `[browser]`,
     /// `[server]`'s body and timeout keys).
     pub edge: edge::Config,
@@ -125,6 +130,8 @@ impl Settings {
         self.ingest.validate()?;
         self.batch.validate()?;
         self.idempotency.validate()?;
+        self.nats.validate()?;
+        self.loader.validate()?;
         self.edge.validate()?;
         // A batch takes one token per item from the user's bucket: a bucket smaller than
         // the largest batch would refuse that batch forever.
@@ -253,6 +260,8 @@ fn compose(app_env: AppEnv, file: &config::Config) -> Result<Settings, SettingsE
         ingest: file.get("ingest")?,
         batch: file.get("ingest")?,
         idempotency: file.get("idempotency")?,
+        nats: section_or_default(file, "nats")?,
+        loader: section_or_default(file, "loader")?,
         edge: edge::Config {
             rate_limit: section_or_default(file, "rate_limit")?,
             browser: section_or_default(file, "browser")?,

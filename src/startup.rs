@@ -15,11 +15,13 @@ use crate::clock::{Clock, SystemClock};
 use crate::edge::Edge;
 use crate::edge::body_budget::BodyBudget;
 use crate::idempotency::Idempotency;
-use crate::ingest::GroupCommit;
+use crate::ingest::{GroupCommit, SinkKind};
 use crate::routes::{AppState, Handles, router};
 use crate::server::ConnectionLimits;
 use crate::settings::Settings;
+use crate::sink::Sink;
 use crate::store::{self, Store};
+use crate::stream::{self, KeyedPublisher, Loader, Publisher};
 
 /// A bound, ready-to-run service.
 pub struct Application {
@@ -34,7 +36,10 @@ pub struct Application {
     /// `GET /metrics` on its own port, when `metrics.admin_port` is set.
     admin: Option<(TcpListener, axum::Router)>,
     connection_limits: ConnectionLimits,
-    idempotency: Idempotency,
+    /// Prunes expired `Idempotency-Key` claims (direct mode).
+    idempotency: Option<Idempotency>,
+    /// A loader run inside `serve` (stream mode with `loader.enabled`).
+    loader: Option<Loader>,
 }
 
 impl Application {
@@ -55,14 +60,40 @@ impl Application {
             GroupCommit::start(store.clone(), settings.ingest)
                 .context("group-commit writer threads not started")?,
         );
+        let idempotency = Idempotency::new(&settings.idempotency, clock.clone());
+        let (sink, nats) = match settings.ingest.sink {
+            SinkKind::Direct => {
+                let sink = Sink::Direct {
+                    store: store.clone(),
+                    writers: ingest.clone(),
+                    idempotency: idempotency.clone(),
+                };
+                (sink, None)
+            }
+            SinkKind::Nats => {
+                let nats = stream::connect(&settings.nats)
+                    .await
+                    .context("stream mode: NATS not usable")?;
+                let claims = nats
+                    .bucket(stream::IDEMPOTENCY_BUCKET, settings.idempotency.retention)
+                    .await?;
+                let publisher =
+                    Publisher::new(nats.jetstream.clone(), settings.nats.publish_timeout);
+                let sink = Sink::Stream {
+                    publisher: KeyedPublisher::new(publisher, claims),
+                    nats: nats.clone(),
+                };
+                (sink, Some(nats))
+            }
+        };
         let authenticator = Arc::new(Authenticator::new(&settings.auth));
         authenticator.prefetch_keys().await;
-        let idempotency = Idempotency::new(&settings.idempotency, clock.clone());
         let edge = Arc::new(Edge::new(&settings.edge));
         let body_budget = edge.body_budget.clone();
         let state = AppState::new(Handles {
             store: store.clone(),
             ingest: ingest.clone(),
+            sink: Arc::new(sink),
             authenticator,
             clock,
             batch_max_items: settings.batch.max_items,
@@ -74,7 +105,6 @@ impl Application {
                 .alerts_api_key()
                 .map(|key| SecretString::from(key.to_owned())),
             edge,
-            idempotency: idempotency.clone(),
         });
         let listener = bind(&settings.server.host, settings.server.port).await?;
         let admin_port = settings.telemetry.metrics.admin_port;
@@ -84,6 +114,14 @@ impl Application {
                 crate::routes::metrics::admin_router(state.clone()),
             )),
             None => None,
+        };
+        // Direct mode's keys live in the database; stream mode's bucket expires its own.
+        let idempotency = nats.is_none().then_some(idempotency);
+        let loader = match nats {
+            Some(nats) if settings.loader.enabled => {
+                Some(Loader::new(nats, store.clone(), settings.loader))
+            }
+            _ => None,
         };
         Ok(Application {
             listener,
@@ -96,6 +134,7 @@ impl Application {
             admin,
             connection_limits: settings.server.connection_limits(),
             idempotency,
+            loader,
         })
     }
 
@@ -135,7 +174,11 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         tracing::info!(address = %self.local_addr(), "analytics-service listening");
-        let pruner = self.idempotency.spawn_pruner(self.store.clone());
+        let pruner = (self.idempotency.as_ref()).map(|keys| keys.spawn_pruner(self.store.clone()));
+        let (stop_loader, loader_stopped) = tokio::sync::watch::channel(false);
+        let loader = self
+            .loader
+            .map(|loader| tokio::spawn(loader.run(loader_stopped)));
         let limits = self.connection_limits;
         let admin = self.admin.map(|(listener, router)| {
             tracing::info!(address = ?listener.local_addr(), "metrics listening");
@@ -174,7 +217,20 @@ impl Application {
         if let Some(admin) = admin {
             admin.abort();
         }
-        pruner.abort();
+        if let Some(pruner) = pruner {
+            pruner.abort();
+        }
+        if let Some(loader) = loader {
+            // The batch being inserted is finished and acknowledged; the rest stay in the
+            // stream for the next loader.
+            let _ = stop_loader.send(true);
+            if tokio::time::timeout_at(hard_deadline, loader)
+                .await
+                .is_err()
+            {
+                tracing::warn!("loader not stopped by the shutdown deadline");
+            }
+        }
         if tokio::time::timeout_at(hard_deadline, self.store.close())
             .await
             .is_err()
@@ -214,4 +270,44 @@ pub async fn shutdown_signal() {
         () = ctrl_c => {},
         () = terminate => {},
     }
+}
+
+/// `analytics-service load`: a loader on its own, until `shutdown` resolves, with
+/// `/healthz`, `/readyz` and `/metrics` on the server's address for the orchestrator.
+pub async fn run_loader(
+    settings: &Settings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let store = store::connect(&settings.database)
+        .await
+        .context("database not usable")?;
+    let nats = stream::connect(&settings.nats)
+        .await
+        .context("NATS not usable")?;
+    let listener = bind(&settings.server.host, settings.server.port).await?;
+    tracing::info!(address = ?listener.local_addr(), "loader probes and metrics listening");
+    let router = crate::routes::loader::router(store.clone());
+    let limits = settings.server.connection_limits();
+    let probes = tokio::spawn(crate::server::serve(
+        listener,
+        router,
+        limits,
+        std::future::pending(),
+    ));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let loader = tokio::spawn(Loader::new(nats, store.clone(), settings.loader).run(stopped));
+    tracing::info!("loader running");
+    shutdown.await;
+    tracing::info!("shutdown requested; finishing the batches in flight");
+    let _ = stop.send(true);
+    if tokio::time::timeout(settings.ingest.shutdown_flush, loader)
+        .await
+        .is_err()
+    {
+        tracing::warn!("loader not stopped by the shutdown deadline");
+    }
+    probes.abort();
+    let _ = tokio::time::timeout(settings.ingest.shutdown_flush, store.close()).await;
+    tracing::info!("loader stopped");
+    Ok(())
 }

@@ -12,11 +12,13 @@ const LAYERS: &[&[&str]] = &[
     &["startup"],
     &["settings"],
     &["routes", "error"],
+    &["sink"],
     &[
         "auth",
         "edge",
         "idempotency",
         "ingest",
+        "stream",
         "alerts",
         "telemetry",
     ],

@@ -238,7 +238,7 @@ fn every_secret_is_known_to_the_scrubbers() {
 /// `[browser]`) say they hold the values of `config/default.toml`: they must not drift.
 #[test]
 fn the_defaults_written_in_code_are_those_of_default_toml() {
-    use analytics_service::{alerts, auth, edge, ingest, server, store};
+    use analytics_service::{alerts, auth, edge, ingest, server, store, stream};
 
     let file = load_with(&[]).unwrap();
     let same = |code: &dyn std::fmt::Debug, loaded: &dyn std::fmt::Debug, what: &str| {
@@ -249,6 +249,16 @@ fn the_defaults_written_in_code_are_those_of_default_toml() {
         &ingest::Config::default(),
         &file.ingest,
         "ingest::Config::default",
+    );
+    same(
+        &stream::Config::default(),
+        &file.nats,
+        "stream::Config::default",
+    );
+    same(
+        &stream::LoaderConfig::default(),
+        &file.loader,
+        "stream::LoaderConfig::default",
     );
     same(
         &server::Config::default(),

@@ -5,10 +5,25 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_with::{DurationMicroSeconds, DurationMilliSeconds, serde_as};
 
+/// Where the single-event and batch endpoints put their rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SinkKind {
+    /// Straight into the database (group commit); a 200 means committed.
+    #[default]
+    Direct,
+    /// Into NATS JetStream streams, loaded into the database by loaders; a 200 means the
+    /// stream has the row (stored, replicated).
+    Nats,
+}
+
 /// How the writers batch, how much may wait, and how long anything may take.
 #[serde_as]
 #[derive(Debug, Clone, Copy, Deserialize)]
 pub struct Config {
+    /// Where rows go (`APP_INGEST__SINK`): `direct` or `nats`.
+    #[serde(default)]
+    pub sink: SinkKind,
     /// Most rows in one transaction.
     pub max_batch: usize,
     /// Most (estimated) bytes of row data in one statement; a row alone always fits.
@@ -44,6 +59,7 @@ impl Default for Config {
     /// The values of `config/default.toml`.
     fn default() -> Self {
         Config {
+            sink: SinkKind::Direct,
             max_batch: 500,
             max_batch_bytes: 15 * 1024,
             max_wait: Duration::ZERO,

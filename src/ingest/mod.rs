@@ -32,7 +32,7 @@ use collect::{Batch, Intake, collect};
 use commit::{Waiter, commit};
 use progress::Progress;
 
-pub use config::Config;
+pub use config::{Config, SinkKind};
 
 /// The outcome a waiting request receives; shared because one failure answers many.
 pub type WriteResult = Result<(), Arc<StoreError>>;

@@ -1,5 +1,7 @@
 //! `POST /api/analytics/log_raw_metric` and `POST /api/analytics/log_raw_analytics`.
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request, State};
@@ -13,7 +15,8 @@ use super::json::{CheckedBody, RequestLine, is_json_content_type};
 use crate::auth::{AuthError, Caller};
 use crate::domain::{NewAnalyticsEvent, NewMetric};
 use crate::error::ApiError;
-use crate::idempotency::{IdempotencyHeader, Keyed};
+use crate::idempotency::IdempotencyHeader;
+use crate::sink::Outcome;
 use crate::store::{EventRow, MetricRow, StoreError};
 
 /// The original's hint on a failed metric write.
@@ -55,19 +58,8 @@ pub async fn log_raw_metric(
     let body = body.parse().await?;
     let metric = NewMetric::parse(&body.value).map_err(|errors| body.invalid(errors))?;
     let row = MetricRow::new(state.clock.now(), caller.user_id, metric);
-    let id = row.id;
-    let keyed = state
-        .idempotency
-        .store_metric(state.store.as_ref(), &idempotency_key, &row);
-    if let Some(answer) = keyed_answer(keyed.await, &body.request, METRIC_HINT) {
-        return answer;
-    }
-    state
-        .ingest
-        .store_metric(row)
-        .await
-        .map_err(|e| ApiError::storage(e, METRIC_HINT))?;
-    Ok(Json(id.to_string()))
+    let stored = state.sink.store_metric(&idempotency_key, row).await;
+    answer(stored, &body.request, METRIC_HINT)
 }
 
 /// Stores one analytics event; answers its id as a bare JSON string. With beacon mode on,
@@ -115,35 +107,20 @@ pub async fn log_raw_analytics(
         }
     };
     let row = EventRow::new(state.clock.now(), caller.user_id, event);
-    let id = row.id;
-    let keyed = state
-        .idempotency
-        .store_event(state.store.as_ref(), &idempotency_key, &row);
-    if let Some(answer) = keyed_answer(keyed.await, &request, ANALYTICS_HINT) {
-        return answer;
-    }
-    state
-        .ingest
-        .store_event(row)
-        .await
-        .map_err(|e| ApiError::storage(e, ANALYTICS_HINT))?;
-    Ok(Json(id.to_string()))
+    let stored = state.sink.store_event(&idempotency_key, row).await;
+    answer(stored, &request, ANALYTICS_HINT)
 }
 
-/// The answer an `Idempotency-Key` decided, or `None` when the request had no key (the row
-/// is then stored the usual way). Key errors are 422s at the header.
-fn keyed_answer(
-    keyed: Result<Keyed, StoreError>,
+/// The id of the stored row, a 422 at the `Idempotency-Key` header, or the storage error.
+fn answer(
+    stored: Result<Outcome, Arc<StoreError>>,
     request: &RequestLine,
     hint: &'static str,
-) -> Option<Result<Json<String>, ApiError>> {
-    match keyed {
-        Ok(Keyed::NoKey) => None,
-        Ok(Keyed::Stored(id) | Keyed::Replayed(id)) => Some(Ok(Json(id))),
-        Ok(Keyed::Invalid(error) | Keyed::Conflict(error)) => {
-            Some(Err(request.invalid(vec![error])))
-        }
-        Err(err) => Some(Err(ApiError::storage(err, hint))),
+) -> Result<Json<String>, ApiError> {
+    match stored {
+        Ok(Outcome::Stored(id)) => Ok(Json(id)),
+        Ok(Outcome::Refused(error)) => Err(request.invalid(vec![error])),
+        Err(err) => Err(ApiError::storage(err, hint)),
     }
 }
 

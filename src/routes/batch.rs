@@ -156,8 +156,8 @@ pub async fn log_raw_metric_batch(
     });
     if !rows.is_empty() {
         state
-            .store
-            .insert_metrics(&rows)
+            .sink
+            .store_metrics(&rows)
             .await
             .map_err(|e| ApiError::storage(e, METRIC_HINT))?;
     }
@@ -198,8 +198,8 @@ pub async fn log_raw_analytics_batch(
     });
     if !rows.is_empty() {
         state
-            .store
-            .insert_events(&rows)
+            .sink
+            .store_events(&rows)
             .await
             .map_err(|e| ApiError::storage(e, ANALYTICS_HINT))?;
     }

@@ -1,7 +1,4 @@
-//! `GET /healthz` (the process answers) and `GET /readyz` (the database answers and takes
-//! writes).
-
-use std::sync::Arc;
+//! `GET /healthz` (the process answers) and `GET /readyz` (rows can be stored now).
 
 use axum::Json;
 use axum::extract::State;
@@ -12,8 +9,6 @@ use utoipa_axum::routes;
 
 use super::AppState;
 use crate::edge::limits::RETRY_AFTER_SECS;
-use crate::ingest::GroupCommit;
-use crate::store::Store;
 use crate::wire::{Detail, Status};
 
 /// The unauthenticated probe routes.
@@ -30,41 +25,27 @@ pub async fn healthz() -> Json<Status> {
     Json(Status::OK)
 }
 
-/// Readiness: 200 when the database answers and group commits progress, else 503 with
-/// `Retry-After`.
+/// Readiness: 200 when rows can be stored (direct mode: the database answers and group
+/// commits progress; stream mode: a NATS server is connected), else 503 with `Retry-After`.
 #[utoipa::path(get, path = "/readyz", operation_id = "getReadyz", tag = "health",
     responses(
         (status = 200, description = "The database answers", body = Status),
         (status = 503, description = "The database does not answer, or queued rows are not being committed", body = Detail,
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
     ))]
-pub async fn readyz(
-    State(store): State<Arc<dyn Store>>,
-    State(ingest): State<Arc<GroupCommit>>,
-) -> Response {
-    // The writers have connections of their own: a ping on the store's pool can succeed
-    // while they are stuck.
-    if ingest.stalled() {
-        tracing::warn!("readiness check: group-commit writes are not committing");
-        return unavailable("Database writes are stalled");
-    }
-    match tokio::time::timeout(PING_TIMEOUT, store.ping()).await {
-        Ok(Ok(())) => Json(Status::OK).into_response(),
-        Ok(Err(err)) => {
-            tracing::warn!(error = ?err, "readiness check: database not answering");
-            unavailable("Database unavailable")
-        }
-        Err(_elapsed) => {
-            tracing::warn!("readiness check: database ping timed out");
-            unavailable("Database unavailable")
-        }
+pub async fn readyz(State(state): State<AppState>) -> Response {
+    match state.sink.ready().await {
+        Ok(()) => ready(),
+        Err(detail) => unavailable(detail),
     }
 }
 
-/// A probe must answer while the database is silent (orchestrators give up after seconds).
-const PING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+/// 200 `{"status": "ok"}`.
+pub(super) fn ready() -> Response {
+    Json(Status::OK).into_response()
+}
 
-fn unavailable(detail: &'static str) -> Response {
+pub(super) fn unavailable(detail: &'static str) -> Response {
     let mut response = (StatusCode::SERVICE_UNAVAILABLE, Json(Detail::new(detail))).into_response();
     response
         .headers_mut()

@@ -28,7 +28,7 @@ pub async fn metrics(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        prometheus::render(store.pool_stats(), ingest.waiting_rows()),
+        prometheus::render(store.pool_stats(), &ingest.waiting_rows()),
     )
 }
 

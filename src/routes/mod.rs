@@ -6,6 +6,7 @@ pub mod batch;
 mod beacon;
 mod health;
 pub mod json;
+pub mod loader;
 pub mod metrics;
 pub mod openapi;
 mod state;

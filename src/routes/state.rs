@@ -9,8 +9,8 @@ use crate::alerts::Alerter;
 use crate::auth::Authenticator;
 use crate::clock::Clock;
 use crate::edge::Edge;
-use crate::idempotency::Idempotency;
 use crate::ingest::GroupCommit;
+use crate::sink::Sink;
 use crate::store::Store;
 
 /// Shared handler state: one `Arc`, because axum clones the state for every extractor
@@ -37,8 +37,10 @@ impl std::ops::Deref for AppState {
 pub struct Handles {
     /// Where rows go (batch endpoints, readiness).
     pub store: Arc<dyn Store>,
-    /// Group commit for the single-event endpoints.
+    /// Group commit's writers (metrics, readiness).
     pub ingest: Arc<GroupCommit>,
+    /// Where the analytics endpoints put their rows (direct or stream mode).
+    pub sink: Arc<Sink>,
     /// Bearer-token verification.
     pub authenticator: Arc<Authenticator>,
     /// "Now", injectable for tests.
@@ -55,8 +57,6 @@ pub struct Handles {
     pub alerts_api_key: Option<SecretString>,
     /// Rate limits, browser settings, body limits and budget.
     pub edge: Arc<Edge>,
-    /// `Idempotency-Key` handling: retention and clock.
-    pub idempotency: Idempotency,
 }
 
 /// The store alone, for handlers that need nothing else.

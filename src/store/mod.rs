@@ -60,6 +60,10 @@ pub enum StoreError {
     /// The database did not answer within the group-commit batch deadline.
     #[error("database did not answer in time")]
     TimedOut,
+    /// Stream mode: the stream did not take the row (no server, stream full or missing);
+    /// the reason is the client's, never a row's content.
+    #[error("event stream unavailable: {0}")]
+    StreamUnavailable(String),
     /// The row's user is not in the `"User"` table (a foreign key of AutoGPT's schema).
     #[error("unknown user")]
     UnknownUser(#[source] sqlx::Error),
@@ -74,6 +78,7 @@ impl StoreError {
                 | StoreError::QueueFull
                 | StoreError::ShuttingDown
                 | StoreError::TimedOut
+                | StoreError::StreamUnavailable(_)
         )
     }
 }

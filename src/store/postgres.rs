@@ -351,7 +351,8 @@ async fn claim_or_standing(
     Ok(Some(idempotency::outcome_of_existing(claim, existing)))
 }
 
-/// Inserts any number of metrics with one statement (`unnest` of one array per column).
+/// Inserts any number of metrics with one statement (`unnest` of one array per column); an
+/// id already stored is skipped (stream mode may deliver a row twice).
 async fn write_metrics<'c>(
     executor: impl sqlx::PgExecutor<'c>,
     rows: &[MetricRow],
@@ -368,7 +369,8 @@ async fn write_metrics<'c>(
                ("id", "createdAt", "updatedAt", "analyticMetric", "value", "dataString", "userId")
            select id, created_at, created_at, name, value, data_string, user_id
            from unnest($1::text[], $2::timestamp(3)[], $3::text[], $4::float8[], $5::text[], $6::text[])
-               as t(id, created_at, name, value, data_string, user_id)"#,
+               as t(id, created_at, name, value, data_string, user_id)
+           on conflict ("id") do nothing"#,
     )
     .bind(ids)
     .bind(times)
@@ -397,7 +399,8 @@ async fn write_events<'c>(
                ("id", "createdAt", "updatedAt", "userId", "type", "data", "dataIndex")
            select id, created_at, created_at, user_id, type, data::jsonb, data_index
            from unnest($1::text[], $2::timestamp(3)[], $3::text[], $4::text[], $5::text[], $6::text[])
-               as t(id, created_at, user_id, type, data, data_index)"#,
+               as t(id, created_at, user_id, type, data, data_index)
+           on conflict ("id") do nothing"#,
     )
     .bind(ids)
     .bind(times)

@@ -253,7 +253,8 @@ async fn write_metrics(conn: &mut SqliteConnection, rows: &[MetricRow]) -> Resul
         sqlx::query(
             r#"insert into "AnalyticsMetrics"
                    ("id", "createdAt", "updatedAt", "analyticMetric", "value", "dataString", "userId")
-               values ($1, $2, $2, $3, $4, $5, $6)"#,
+               values ($1, $2, $2, $3, $4, $5, $6)
+               on conflict ("id") do nothing"#,
         )
         .bind(row.id.to_string())
         .bind(row.created_at)
@@ -273,7 +274,8 @@ async fn write_events(conn: &mut SqliteConnection, rows: &[EventRow]) -> Result<
         sqlx::query(
             r#"insert into "AnalyticsDetails"
                    ("id", "createdAt", "updatedAt", "userId", "type", "data", "dataIndex")
-               values ($1, $2, $2, $3, $4, $5, $6)"#,
+               values ($1, $2, $2, $3, $4, $5, $6)
+               on conflict ("id") do nothing"#,
         )
         .bind(row.id.to_string())
         .bind(row.created_at)

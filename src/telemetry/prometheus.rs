@@ -93,11 +93,11 @@ fn describe() {
 }
 
 /// The Prometheus text for a scrape, with the pool and group-commit queue gauges read now.
-pub fn render(pool: PoolStats, waiting_rows: [(&'static str, usize); 2]) -> String {
+pub fn render(pool: PoolStats, waiting_rows: &[(&'static str, usize)]) -> String {
     gauge!(DB_POOL_SIZE).set(f64::from(pool.size));
     gauge!(DB_POOL_IDLE).set(f64::from(pool.idle));
     gauge!(DB_POOL_MAX).set(f64::from(pool.max));
-    for (table, rows) in waiting_rows {
+    for &(table, rows) in waiting_rows {
         gauge!(GROUP_COMMIT_WAITING, "table" => table).set(rows as f64);
     }
     install().render()

@@ -1,0 +1,165 @@
+//! Where the analytics endpoints put their rows (`ingest.sink`): straight into the database
+//! (direct mode: group commit, `Idempotency-Key` claims in SQL), or into the NATS streams
+//! (stream mode: claims in a key-value bucket). Either way a 200 is answered only once the
+//! row is durably stored where the mode says.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::domain::FieldError;
+use crate::idempotency::{self, Idempotency, IdempotencyHeader, Keyed};
+use crate::ingest::GroupCommit;
+use crate::store::{EVENT_ENDPOINT, EventRow, METRIC_ENDPOINT, MetricRow, Store, StoreError};
+use crate::stream::{KeyedPublisher, Nats};
+
+/// The rows' destination.
+// Made once and kept behind an `Arc`: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
+pub enum Sink {
+    /// The database.
+    Direct {
+        /// For the batch endpoints and the keyed inserts.
+        store: Arc<dyn Store>,
+        /// Group commit for the single-event endpoints.
+        writers: Arc<GroupCommit>,
+        /// `Idempotency-Key` claims in the database.
+        idempotency: Idempotency,
+    },
+    /// The NATS JetStream streams.
+    Stream {
+        /// Publishes rows, claims keys in the bucket.
+        publisher: KeyedPublisher,
+        /// The connection (readiness).
+        nats: Nats,
+    },
+}
+
+/// What became of a single-event request's row.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Stored (or stored before, under the same `Idempotency-Key`): the id to answer.
+    Stored(String),
+    /// The `Idempotency-Key` is malformed or was used with another body (a 422).
+    Refused(FieldError),
+}
+
+impl Outcome {
+    fn of(keyed: Keyed, new_id: uuid::Uuid) -> Self {
+        match keyed {
+            Keyed::NoKey => Outcome::Stored(new_id.to_string()),
+            Keyed::Stored(id) | Keyed::Replayed(id) => Outcome::Stored(id),
+            Keyed::Invalid(error) | Keyed::Conflict(error) => Outcome::Refused(error),
+        }
+    }
+}
+
+/// A probe must answer while the database is silent (orchestrators give up after seconds).
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl Sink {
+    /// Stores one metric, under the request's `Idempotency-Key` when it has one.
+    pub async fn store_metric(
+        &self,
+        header: &IdempotencyHeader,
+        row: MetricRow,
+    ) -> Result<Outcome, Arc<StoreError>> {
+        let id = row.id;
+        let keyed = match self {
+            Sink::Direct {
+                store,
+                writers,
+                idempotency,
+            } => match idempotency
+                .store_metric(store.as_ref(), header, &row)
+                .await?
+            {
+                Keyed::NoKey => {
+                    writers.store_metric(row).await?;
+                    Keyed::NoKey
+                }
+                keyed => keyed,
+            },
+            Sink::Stream { publisher, .. } => {
+                let hash = || idempotency::metric_hash(&row.metric);
+                (publisher.publish(header, METRIC_ENDPOINT, &row.user_id, &row, hash)).await?
+            }
+        };
+        Ok(Outcome::of(keyed, id))
+    }
+
+    /// As `store_metric`, for an analytics event.
+    pub async fn store_event(
+        &self,
+        header: &IdempotencyHeader,
+        row: EventRow,
+    ) -> Result<Outcome, Arc<StoreError>> {
+        let id = row.id;
+        let keyed = match self {
+            Sink::Direct {
+                store,
+                writers,
+                idempotency,
+            } => match idempotency
+                .store_event(store.as_ref(), header, &row)
+                .await?
+            {
+                Keyed::NoKey => {
+                    writers.store_event(row).await?;
+                    Keyed::NoKey
+                }
+                keyed => keyed,
+            },
+            Sink::Stream { publisher, .. } => {
+                let hash = || idempotency::event_hash(&row.event);
+                (publisher.publish(header, EVENT_ENDPOINT, &row.user_id, &row, hash)).await?
+            }
+        };
+        Ok(Outcome::of(keyed, id))
+    }
+
+    /// Stores a batch endpoint's valid metrics: all of them, or (on `Err`) none for sure.
+    pub async fn store_metrics(&self, rows: &[MetricRow]) -> Result<(), StoreError> {
+        match self {
+            Sink::Direct { store, .. } => store.insert_metrics(rows).await,
+            Sink::Stream { publisher, .. } => publisher.publisher.publish_all(rows).await,
+        }
+    }
+
+    /// As `store_metrics`, for analytics events.
+    pub async fn store_events(&self, rows: &[EventRow]) -> Result<(), StoreError> {
+        match self {
+            Sink::Direct { store, .. } => store.insert_events(rows).await,
+            Sink::Stream { publisher, .. } => publisher.publisher.publish_all(rows).await,
+        }
+    }
+
+    /// `Ok` when rows can be stored now; else what is wrong, for the readiness probe.
+    pub async fn ready(&self) -> Result<(), &'static str> {
+        match self {
+            Sink::Direct { store, writers, .. } => {
+                // The writers have connections of their own: a ping on the store's pool can
+                // succeed while they are stuck.
+                if writers.stalled() {
+                    tracing::warn!("readiness check: group-commit writes are not committing");
+                    return Err("Database writes are stalled");
+                }
+                match tokio::time::timeout(PING_TIMEOUT, store.ping()).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(err)) => {
+                        tracing::warn!(error = ?err, "readiness check: database not answering");
+                        Err("Database unavailable")
+                    }
+                    Err(_elapsed) => {
+                        tracing::warn!("readiness check: database ping timed out");
+                        Err("Database unavailable")
+                    }
+                }
+            }
+            Sink::Stream { nats, .. } if nats.connected() => Ok(()),
+            Sink::Stream { .. } => {
+                tracing::warn!("readiness check: no NATS server connected");
+                Err("Event stream unavailable")
+            }
+        }
+    }
+}

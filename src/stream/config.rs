@@ -1,0 +1,187 @@
+//! Stream-mode settings: `[nats]` (the servers, the streams, publishing) and `[loader]`.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_with::{DurationMilliSeconds, DurationSeconds, serde_as};
+
+/// The NATS servers and the JetStream streams and buckets the service uses (`[nats]`).
+#[serde_as]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Config {
+    /// Servers, comma-separated (`NATS_URL`); the client fails over between them.
+    pub url: String,
+    /// A `.creds` file (JWT and NKey) to authenticate with; empty: none.
+    #[serde(default)]
+    pub credentials_file: String,
+    /// A PEM file of CA certificates to trust for TLS; empty: the system's. Setting it
+    /// also makes TLS required.
+    #[serde(default)]
+    pub tls_ca_file: String,
+    /// Require TLS even without a CA file.
+    #[serde(default)]
+    pub tls_required: bool,
+    /// Copies of each stream and bucket in the NATS cluster (1, 3 or 5).
+    pub stream_replicas: usize,
+    /// Messages older than this are dropped from the streams, loaded or not.
+    #[serde_as(as = "DurationSeconds<u64>")]
+    #[serde(rename = "stream_max_age_secs")]
+    pub stream_max_age: Duration,
+    /// Most bytes per stream; -1: no limit. When full, new publishes are refused (503),
+    /// never old rows dropped.
+    pub stream_max_bytes: i64,
+    /// A publish not acknowledged by the stream within this is answered 503.
+    #[serde_as(as = "DurationMilliSeconds<u64>")]
+    #[serde(rename = "publish_timeout_ms")]
+    pub publish_timeout: Duration,
+    /// How long start-up waits for a server to answer.
+    #[serde_as(as = "DurationMilliSeconds<u64>")]
+    #[serde(rename = "connect_timeout_ms")]
+    pub connect_timeout: Duration,
+}
+
+impl Default for Config {
+    /// The values of `config/default.toml`.
+    fn default() -> Self {
+        Config {
+            url: "nats://127.0.0.1:4222".to_owned(),
+            credentials_file: String::new(),
+            tls_ca_file: String::new(),
+            tls_required: false,
+            stream_replicas: 1,
+            stream_max_age: Duration::from_secs(7 * 24 * 3600),
+            stream_max_bytes: 10 * 1024 * 1024 * 1024,
+            publish_timeout: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Config {
+    /// The servers of `url`, trimmed, empty entries left out.
+    pub fn servers(&self) -> Vec<String> {
+        self.url
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Checks what the types cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.servers().is_empty() {
+            return Err("nats.url (NATS_URL) must name at least one server".to_owned());
+        }
+        if !matches!(self.stream_replicas, 1..=5) {
+            return Err("nats.stream_replicas must be 1 to 5".to_owned());
+        }
+        if self.stream_max_age.is_zero() || self.publish_timeout.is_zero() {
+            return Err(
+                "nats.stream_max_age_secs and nats.publish_timeout_ms must be at least 1"
+                    .to_owned(),
+            );
+        }
+        if self.stream_max_bytes == 0 || self.stream_max_bytes < -1 {
+            return Err("nats.stream_max_bytes must be positive, or -1 for no limit".to_owned());
+        }
+        Ok(())
+    }
+}
+
+/// The loader: from the streams into the database (`[loader]`).
+#[serde_as]
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+pub struct LoaderConfig {
+    /// Run a loader inside `serve` too (besides `analytics-service load`).
+    pub enabled: bool,
+    /// Most messages fetched, and rows written in one statement, per table.
+    pub batch: usize,
+    /// How long one fetch waits for its batch to fill before taking what came.
+    #[serde_as(as = "DurationMilliSeconds<u64>")]
+    #[serde(rename = "fetch_wait_ms")]
+    pub fetch_wait: Duration,
+    /// A row the database refuses for a reason a retry will not fix goes to the dead-letter
+    /// subject once it has been delivered this many times.
+    pub max_deliver: i64,
+    /// A message not acknowledged within this is delivered again (a loader that died).
+    #[serde_as(as = "DurationMilliSeconds<u64>")]
+    #[serde(rename = "ack_wait_ms")]
+    pub ack_wait: Duration,
+    /// How long a refused batch waits before it is delivered again.
+    #[serde_as(as = "DurationMilliSeconds<u64>")]
+    #[serde(rename = "retry_delay_ms")]
+    pub retry_delay: Duration,
+    /// How often the lag gauges are read from the server.
+    #[serde_as(as = "DurationMilliSeconds<u64>")]
+    #[serde(rename = "lag_interval_ms")]
+    pub lag_interval: Duration,
+}
+
+impl Default for LoaderConfig {
+    /// The values of `config/default.toml`.
+    fn default() -> Self {
+        LoaderConfig {
+            enabled: false,
+            batch: 500,
+            fetch_wait: Duration::from_millis(200),
+            max_deliver: 5,
+            ack_wait: Duration::from_secs(30),
+            retry_delay: Duration::from_secs(1),
+            lag_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+impl LoaderConfig {
+    /// Checks what the types cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.batch == 0 || self.max_deliver < 1 {
+            return Err("loader.batch and loader.max_deliver must be at least 1".to_owned());
+        }
+        if self.fetch_wait.is_zero() || self.ack_wait.is_zero() || self.lag_interval.is_zero() {
+            return Err(
+                "loader.fetch_wait_ms, loader.ack_wait_ms and loader.lag_interval_ms must be \
+                 at least 1"
+                    .to_owned(),
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_url_is_a_comma_separated_list() {
+        let config = Config {
+            url: " nats://a:4222, ,nats://b:4222 ".to_owned(),
+            ..Config::default()
+        };
+
+        assert_eq!(config.servers(), ["nats://a:4222", "nats://b:4222"]);
+        assert!(config.validate().is_ok());
+    }
+
+    #[test]
+    fn nonsense_is_refused() {
+        let empty = Config {
+            url: " , ".to_owned(),
+            ..Config::default()
+        };
+        let replicas = Config {
+            stream_replicas: 0,
+            ..Config::default()
+        };
+        let no_batch = LoaderConfig {
+            batch: 0,
+            ..LoaderConfig::default()
+        };
+
+        assert!(empty.validate().unwrap_err().contains("NATS_URL"));
+        assert!(replicas.validate().unwrap_err().contains("stream_replicas"));
+        assert!(no_batch.validate().unwrap_err().contains("loader.batch"));
+    }
+}

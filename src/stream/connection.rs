@@ -1,0 +1,151 @@
+//! The connection to the NATS servers, and the streams and buckets made at start-up.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv, stream};
+
+use super::Config;
+use super::message::{DEAD_LETTER_STREAM, DEAD_LETTER_SUBJECTS, Table};
+
+/// Why stream mode could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// The credentials file could not be read.
+    #[error("NATS credentials file not usable: {0}")]
+    Credentials(#[source] std::io::Error),
+    /// No server answered.
+    #[error("NATS servers not reachable")]
+    Connect(#[source] async_nats::ConnectError),
+    /// A stream or bucket could not be made or read.
+    #[error("JetStream {what} {name:?} not usable: {reason}")]
+    JetStream {
+        /// `stream` or `key-value bucket`.
+        what: &'static str,
+        /// Its name.
+        name: String,
+        /// The server's or client's words.
+        reason: String,
+    },
+}
+
+/// A connection and its JetStream context, the streams known to exist.
+#[derive(Clone)]
+pub struct Nats {
+    /// The client (reconnects on its own, to any of the servers).
+    pub client: async_nats::Client,
+    /// JetStream over it.
+    pub jetstream: jetstream::Context,
+    config: Config,
+}
+
+/// Connects to the configured servers and makes the streams (the tables' and the dead
+/// letters') when missing; fails when no server answers within the connect timeout.
+pub async fn connect(config: &Config) -> Result<Nats, SetupError> {
+    let mut options = async_nats::ConnectOptions::new()
+        .name("analytics-service")
+        .connection_timeout(config.connect_timeout)
+        // Reconnect for ever: a capture replica outlives a NATS node's restart.
+        .max_reconnects(None);
+    if !config.credentials_file.is_empty() {
+        options = options
+            .credentials_file(&config.credentials_file)
+            .await
+            .map_err(SetupError::Credentials)?;
+    }
+    if !config.tls_ca_file.is_empty() {
+        options = options
+            .add_root_certificates(PathBuf::from(&config.tls_ca_file))
+            .require_tls(true);
+    } else if config.tls_required {
+        options = options.require_tls(true);
+    }
+    let client = options
+        .connect(config.servers())
+        .await
+        .map_err(SetupError::Connect)?;
+    let jetstream = jetstream::ContextBuilder::new()
+        .timeout(config.publish_timeout)
+        .build(client.clone());
+    let nats = Nats {
+        client,
+        jetstream,
+        config: config.clone(),
+    };
+    for table in Table::ALL {
+        nats.ensure_stream(table.stream(), vec![table.subject().to_owned()])
+            .await?;
+    }
+    nats.ensure_stream(DEAD_LETTER_STREAM, vec![DEAD_LETTER_SUBJECTS.to_owned()])
+        .await?;
+    Ok(nats)
+}
+
+impl Nats {
+    async fn ensure_stream(&self, name: &str, subjects: Vec<String>) -> Result<(), SetupError> {
+        let config = stream::Config {
+            name: name.to_owned(),
+            subjects,
+            num_replicas: self.config.stream_replicas,
+            max_age: self.config.stream_max_age,
+            max_bytes: self.config.stream_max_bytes,
+            // A full stream refuses new rows (503) rather than dropping rows not yet loaded.
+            discard: stream::DiscardPolicy::New,
+            storage: stream::StorageType::File,
+            // A retried publish of the same row within this is stored once.
+            duplicate_window: Duration::from_secs(120),
+            // The loader reads the oldest pending message's time with a direct get (lag).
+            allow_direct: true,
+            ..Default::default()
+        };
+        self.jetstream
+            .get_or_create_stream(config)
+            .await
+            .map_err(|err| SetupError::JetStream {
+                what: "stream",
+                name: name.to_owned(),
+                reason: err.to_string(),
+            })?;
+        Ok(())
+    }
+
+    /// A key-value bucket whose entries live `ttl`, made when missing. `create` on it is
+    /// atomic across every replica: the shared state of stream mode.
+    pub async fn bucket(&self, name: &str, ttl: Duration) -> Result<kv::Store, SetupError> {
+        // Made as the stream behind the bucket, as the client's `create_key_value` would
+        // make it: that call first reads the account's info, which nats-server 2.9 answers
+        // in a shape this client does not read.
+        let config = stream::Config {
+            name: format!("KV_{name}"),
+            subjects: vec![format!("$KV.{name}.>")],
+            max_messages_per_subject: 1,
+            max_age: ttl,
+            num_replicas: self.config.stream_replicas,
+            storage: stream::StorageType::File,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: stream::DiscardPolicy::New,
+            duplicate_window: ttl.min(Duration::from_secs(120)),
+            ..Default::default()
+        };
+        let error = |err: &dyn std::fmt::Display| SetupError::JetStream {
+            what: "key-value bucket",
+            name: name.to_owned(),
+            reason: err.to_string(),
+        };
+        self.jetstream
+            .get_or_create_stream(config)
+            .await
+            .map_err(|err| error(&err))?;
+        self.jetstream
+            .get_key_value(name)
+            .await
+            .map_err(|err| error(&err))
+    }
+
+    /// True while the client holds a connection to a server.
+    pub fn connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+}

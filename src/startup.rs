@@ -9,7 +9,7 @@ use anyhow::Context;
 use secrecy::SecretString;
 use tokio::net::TcpListener;
 
-use crate::alerts::Alerter;
+use crate::alerts::{ALERT_BUCKET, Alerter, SharedDedupe};
 use crate::auth::Authenticator;
 use crate::clock::{Clock, SystemClock};
 use crate::edge::Edge;
@@ -21,7 +21,7 @@ use crate::server::ConnectionLimits;
 use crate::settings::Settings;
 use crate::sink::Sink;
 use crate::store::{self, Store};
-use crate::stream::{self, KeyedPublisher, Loader, Publisher};
+use crate::stream::{self, KeyedPublisher, Loader, Nats, Publisher};
 
 /// A bound, ready-to-run service.
 pub struct Application {
@@ -99,7 +99,7 @@ impl Application {
             batch_max_items: settings.batch.max_items,
             batch_turns: Arc::new(tokio::sync::Semaphore::new(settings.batch.max_concurrent)),
             batch_turn_wait: settings.database.acquire_timeout,
-            alerts: Alerter::new(&settings.alerts).map(Arc::new),
+            alerts: alerter(settings, nats.as_ref()).await?.map(Arc::new),
             alerts_api_key: settings
                 .alerts
                 .alerts_api_key()
@@ -239,6 +239,22 @@ impl Application {
         }
         tracing::info!("analytics-service stopped");
         Ok(())
+    }
+}
+
+/// The Discord alerter, `None` without a bot token; in stream mode its dedupe window is
+/// shared by the replicas through a key-value bucket.
+async fn alerter(settings: &Settings, nats: Option<&Nats>) -> anyhow::Result<Option<Alerter>> {
+    let Some(alerter) = Alerter::new(&settings.alerts) else {
+        return Ok(None);
+    };
+    let window = settings.alerts.dedupe_window;
+    match nats {
+        Some(nats) if !window.is_zero() => {
+            let bucket = nats.bucket(ALERT_BUCKET, window).await?;
+            Ok(Some(alerter.with_shared_dedupe(SharedDedupe::new(bucket))))
+        }
+        _ => Ok(Some(alerter)),
     }
 }
 

@@ -6,6 +6,7 @@
 mod config;
 mod discord;
 mod flood;
+mod shared;
 pub mod split;
 mod storage_watch;
 
@@ -16,6 +17,7 @@ use serde::Deserialize;
 pub use config::Config;
 pub use discord::DiscordClient;
 pub use flood::{Admission, FloodGate};
+pub use shared::{ALERT_BUCKET, SharedDedupe};
 pub use split::{DISCORD_MESSAGE_LIMIT, Part, SplitError, split_message};
 pub use storage_watch::StorageWatch;
 
@@ -119,6 +121,8 @@ pub struct Alerter {
     platform_channel: String,
     product_channel: String,
     flood: FloodGate,
+    /// Stream mode: the dedupe window holds across replicas.
+    shared: Option<SharedDedupe>,
     storage: StorageWatch,
 }
 
@@ -131,8 +135,17 @@ impl Alerter {
             platform_channel: config.platform_channel.trim().to_owned(),
             product_channel: config.product_channel.trim().to_owned(),
             flood: FloodGate::new(config.dedupe_window),
+            shared: None,
             storage: StorageWatch::new(config.storage_alert_after, config.dedupe_window),
         })
+    }
+
+    /// Shares the dedupe window with the other replicas through `shared`.
+    pub fn with_shared_dedupe(self, shared: SharedDedupe) -> Self {
+        Alerter {
+            shared: Some(shared),
+            ..self
+        }
     }
 
     /// The configured channel name or id behind `channel`.
@@ -166,6 +179,14 @@ impl Alerter {
                 Admission::Wait(in_flight) => in_flight.settled().await,
             }
         };
+        if let Some(shared) = &self.shared
+            && !shared.claim(channel, content).await
+        {
+            // Another replica sent it within the window: remembered here as sent.
+            self.flood.sent(channel, content, ticket);
+            metrics::counter!("analytics_alerts_suppressed_total", "channel" => label).increment(1);
+            return Ok(Alert::Suppressed);
+        }
         let text = if repeated > 0 {
             format!("{content}\n(repeated ×{repeated})")
         } else {
@@ -181,6 +202,9 @@ impl Alerter {
                 })
             }
             Err(err) => {
+                if let Some(shared) = &self.shared {
+                    shared.release(channel, content).await;
+                }
                 self.flood.failed(channel, content, repeated, ticket);
                 metrics::counter!("analytics_alerts_failed_total", "channel" => label).increment(1);
                 tracing::warn!(alert.channel = label, error = %err, "Discord alert not delivered");

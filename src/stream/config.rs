@@ -116,6 +116,11 @@ pub struct LoaderConfig {
     #[serde_as(as = "DurationMilliSeconds<u64>")]
     #[serde(rename = "lag_interval_ms")]
     pub lag_interval: Duration,
+    /// One insert that takes longer is cut off (its connection dropped) and its rows
+    /// delivered again; also the loader's `statement_timeout`.
+    #[serde_as(as = "DurationMilliSeconds<u64>")]
+    #[serde(rename = "insert_deadline_ms")]
+    pub insert_deadline: Duration,
 }
 
 impl Default for LoaderConfig {
@@ -129,6 +134,7 @@ impl Default for LoaderConfig {
             ack_wait: Duration::from_secs(30),
             retry_delay: Duration::from_secs(1),
             lag_interval: Duration::from_secs(5),
+            insert_deadline: Duration::from_secs(10),
         }
     }
 }
@@ -139,10 +145,14 @@ impl LoaderConfig {
         if self.batch == 0 || self.max_deliver < 1 {
             return Err("loader.batch and loader.max_deliver must be at least 1".to_owned());
         }
-        if self.fetch_wait.is_zero() || self.ack_wait.is_zero() || self.lag_interval.is_zero() {
+        if self.fetch_wait.is_zero()
+            || self.ack_wait.is_zero()
+            || self.lag_interval.is_zero()
+            || self.insert_deadline.is_zero()
+        {
             return Err(
-                "loader.fetch_wait_ms, loader.ack_wait_ms and loader.lag_interval_ms must be \
-                 at least 1"
+                "loader.fetch_wait_ms, loader.ack_wait_ms, loader.lag_interval_ms and \
+                 loader.insert_deadline_ms must be at least 1"
                     .to_owned(),
             );
         }

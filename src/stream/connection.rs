@@ -66,6 +66,9 @@ pub async fn connect(config: &Config) -> Result<Nats, SetupError> {
         .map_err(SetupError::Connect)?;
     let jetstream = jetstream::ContextBuilder::new()
         .timeout(config.publish_timeout)
+        // An acknowledgement no longer awaited (its attempt timed out) holds an in-flight
+        // slot until this passes.
+        .ack_timeout(config.publish_timeout)
         .build(client.clone());
     let nats = Nats {
         client,

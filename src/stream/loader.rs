@@ -37,8 +37,6 @@ pub const OLDEST_PENDING: &str = "analytics_loader_oldest_pending_seconds";
 const CONSUMER: &str = "loader";
 /// The header that carries a dead letter's reason.
 pub const REASON_HEADER: &str = "Analytics-Dead-Letter-Reason";
-/// The longest one statement may run.
-const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Loads both tables until stopped.
 pub struct Loader {
@@ -100,7 +98,7 @@ impl Loader {
     /// One table: fetch, insert, acknowledge; on any failure of the stream, start over.
     async fn load<R: StreamRow + BatchRow>(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let table = <R as StreamRow>::TABLE;
-        let mut writer = self.store.writer(STATEMENT_TIMEOUT);
+        let mut writer = self.store.writer(self.config.insert_deadline);
         while !*stop.borrow() {
             let messages = match self.consumer(table).await {
                 Ok(consumer) => consumer
@@ -170,7 +168,7 @@ impl Loader {
         if rows.is_empty() {
             return;
         }
-        match R::insert_all(writer, &rows).await {
+        match self.insert(writer, &rows).await {
             Ok(()) => {
                 count_loaded(table, rows.len());
                 for message in &decoded {
@@ -193,6 +191,22 @@ impl Loader {
         }
     }
 
+    /// One insert, cut off at the deadline: a database that stops answering (no error,
+    /// no reset) must not hold the loader; its connection is dropped, not reused.
+    async fn insert<R: BatchRow>(
+        &self,
+        writer: &mut dyn RowWriter,
+        rows: &[R],
+    ) -> Result<(), StoreError> {
+        match tokio::time::timeout(self.config.insert_deadline, R::insert_all(writer, rows)).await {
+            Ok(result) => result,
+            Err(_elapsed) => {
+                writer.discard();
+                Err(StoreError::TimedOut)
+            }
+        }
+    }
+
     async fn load_one<R: StreamRow + BatchRow>(
         &self,
         writer: &mut dyn RowWriter,
@@ -200,7 +214,7 @@ impl Loader {
         message: &Message,
     ) {
         let table = <R as StreamRow>::TABLE;
-        match R::insert_all(writer, std::slice::from_ref(&row)).await {
+        match self.insert(writer, std::slice::from_ref(&row)).await {
             Ok(()) => {
                 count_loaded(table, 1);
                 acknowledge(message, AckKind::Ack).await;

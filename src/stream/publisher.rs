@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self};
@@ -34,38 +36,81 @@ impl Publisher {
     }
 
     /// Publishes the rows, all sent before any acknowledgement is awaited; `Ok` once the
-    /// stream has every one. On `Err` some may be stored: their ids are in the stream, and
-    /// a retry with the same rows stores nothing twice (the stream's duplicate window, then
-    /// the loader's `on conflict do nothing`).
+    /// stream has every one. A row not acknowledged within an attempt is sent again, under
+    /// the same `Nats-Msg-Id`, until the timeout: a request in flight when its server died
+    /// (its acknowledgement lost with the connection) or while the stream elected a new
+    /// leader is stored once and answered 200. On `Err` some rows may be stored: a retry
+    /// with the same rows stores nothing twice (the stream's duplicate window, then the
+    /// loader's `on conflict do nothing`).
     pub async fn publish_all<R: StreamRow>(&self, rows: &[R]) -> Result<(), StoreError> {
         let table = R::TABLE;
-        let deadline = tokio::time::Instant::now() + self.timeout;
-        let sent = async {
-            let mut acks = Vec::with_capacity(rows.len());
-            for row in rows {
-                let message = PublishMessage::build()
-                    .payload(row.encode())
-                    .message_id(row.id().to_string());
-                acks.push(
-                    self.jetstream
-                        .send_publish(table.subject(), message)
-                        .await?,
-                );
+        let deadline = Instant::now() + self.timeout;
+        let attempt_length = (self.timeout / 3).max(MIN_ATTEMPT);
+        let mut unacknowledged: Vec<&R> = rows.iter().collect();
+        let outcome = loop {
+            let attempt_deadline = deadline.min(Instant::now() + attempt_length);
+            let (failed, error) = self.attempt(table, &unacknowledged, attempt_deadline).await;
+            unacknowledged = failed;
+            if unacknowledged.is_empty() {
+                break Ok(());
             }
-            for ack in acks {
-                ack.await?;
+            if Instant::now() + RETRY_PAUSE >= deadline {
+                break Err(error.unwrap_or(StoreError::TimedOut));
             }
-            Ok::<(), async_nats::jetstream::context::PublishError>(())
-        };
-        let outcome = match tokio::time::timeout_at(deadline, sent).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(err)) if err.kind() == PublishErrorKind::TimedOut => Err(StoreError::TimedOut),
-            Ok(Err(err)) => Err(StoreError::StreamUnavailable(err.kind().to_string())),
-            Err(_elapsed) => Err(StoreError::TimedOut),
+            tokio::time::sleep(RETRY_PAUSE).await;
         };
         count(table, rows.len(), &outcome);
         outcome
     }
+
+    /// Sends `rows` and waits for their acknowledgements until `deadline`; returns the rows
+    /// not acknowledged and the last error other than a timeout.
+    async fn attempt<'r, R: StreamRow>(
+        &self,
+        table: Table,
+        rows: &[&'r R],
+        deadline: Instant,
+    ) -> (Vec<&'r R>, Option<StoreError>) {
+        let mut failed = Vec::new();
+        let mut error = None;
+        let mut acks = Vec::with_capacity(rows.len());
+        for &row in rows {
+            let message = PublishMessage::build()
+                .payload(row.encode())
+                .message_id(row.id().to_string());
+            let sent = self.jetstream.send_publish(table.subject(), message);
+            match tokio::time::timeout_at(deadline, sent).await {
+                Ok(Ok(ack)) => acks.push((row, ack)),
+                Ok(Err(err)) => {
+                    error = Some(unavailable(&err));
+                    failed.push(row);
+                }
+                Err(_elapsed) => failed.push(row),
+            }
+        }
+        for (row, ack) in acks {
+            match tokio::time::timeout_at(deadline, ack).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(err)) => {
+                    if err.kind() != PublishErrorKind::TimedOut {
+                        error = Some(unavailable(&err));
+                    }
+                    failed.push(row);
+                }
+                Err(_elapsed) => failed.push(row),
+            }
+        }
+        (failed, error)
+    }
+}
+
+/// The shortest attempt before a row is sent again.
+const MIN_ATTEMPT: Duration = Duration::from_millis(500);
+/// The pause between attempts (a reconnect, a leader election).
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+fn unavailable(err: &async_nats::jetstream::context::PublishError) -> StoreError {
+    StoreError::StreamUnavailable(err.kind().to_string())
 }
 
 fn count(table: Table, rows: usize, outcome: &Result<(), StoreError>) {

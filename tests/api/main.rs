@@ -17,4 +17,5 @@ mod metrics;
 mod pg_proxy;
 mod process;
 mod properties;
+mod stream;
 mod writer_faults;

@@ -72,6 +72,14 @@ impl PgProxy {
         self.faults.silenced_below.store(accepted, Ordering::SeqCst);
     }
 
+    /// New connections forward again (the silenced ones stay silent, as after a network
+    /// fault their peers would have given up on them).
+    pub fn restore(&self) {
+        let accepted = self.faults.accepted.load(Ordering::SeqCst);
+        self.faults.silenced_below.store(accepted, Ordering::SeqCst);
+        self.faults.silence_new.store(false, Ordering::SeqCst);
+    }
+
     /// No connection, open or new, forwards anything any more.
     pub fn black_hole_all(&self) {
         self.faults.silence_new.store(true, Ordering::SeqCst);

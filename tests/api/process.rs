@@ -19,6 +19,11 @@ impl ServiceProcess {
     /// Starts the binary from the project folder (for `config/`) with `env` added, and
     /// waits until it answers `/healthz`.
     pub async fn start(env: &[(&str, &str)]) -> Self {
+        Self::start_command(&[], env).await
+    }
+
+    /// As `start`, with a subcommand and its arguments (`load` serves `/healthz` too).
+    pub async fn start_command(args: &[&str], env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -26,6 +31,7 @@ impl ServiceProcess {
             .unwrap()
             .port();
         let child = Command::new(env!("CARGO_BIN_EXE_analytics-service"))
+            .args(args)
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .env_clear()
             .env("APP_ENV", "local")
@@ -82,10 +88,17 @@ impl ServiceProcess {
     }
 }
 
-impl Drop for ServiceProcess {
-    fn drop(&mut self) {
+impl ServiceProcess {
+    /// Ends the process with SIGKILL: no shutdown code runs.
+    pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 

@@ -135,3 +135,44 @@ async fn identical_alerts_are_sent_once_and_counted_after_the_window() {
     assert_eq!(messages.len(), 2);
     assert_eq!(messages[1]["content"], "disk full on db-1\n(repeated ×99)");
 }
+
+/// Stream mode: two replicas share the dedupe window through NATS, so the same alert sent
+/// to both at once is posted once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_same_alert_sent_to_two_replicas_is_posted_once() {
+    let nats = crate::stream::NatsCluster::start(1).await;
+    let discord = MockServer::start().await;
+    mount_channel(&discord, "42", 0).await;
+    super::fake_discord::mount_messages(&discord, "42").await;
+    let database = crate::helpers::TestDatabase::create(crate::helpers::Backend::Sqlite).await;
+    let mut settings = crate::stream::stream_settings(&database.url(), &nats, 1);
+    super::point_at_discord(&mut settings, &discord.uri());
+    settings.alerts.platform_channel = "42".into();
+    let first = crate::stream::capture(&settings).await;
+    let second = crate::stream::capture(&settings).await;
+
+    let (a, b) = tokio::join!(
+        alert(&first, "replica-wide: disk full on db-1", "platform"),
+        alert(&second, "replica-wide: disk full on db-1", "platform"),
+    );
+    let other = alert(&second, "replica-wide: another alert", "platform").await;
+
+    assert_eq!((a.0, b.0, other.0), (200, 200, 200));
+    let statuses = [a.1["status"].clone(), b.1["status"].clone()];
+    assert!(
+        statuses.contains(&json!("Message sent")),
+        "neither replica sent it: {statuses:?}"
+    );
+    let posted = posted(&discord, "42").await;
+    let contents: Vec<&str> = posted
+        .iter()
+        .filter_map(|m| m["content"].as_str())
+        .collect();
+    assert_eq!(
+        contents,
+        [
+            "replica-wide: disk full on db-1",
+            "replica-wide: another alert"
+        ]
+    );
+}

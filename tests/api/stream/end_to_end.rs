@@ -1,0 +1,52 @@
+//! Stream mode end to end on a three-node JetStream cluster.
+
+use std::sync::Arc;
+
+use serde_json::json;
+
+use super::{
+    Acknowledged, NatsCluster, assert_loaded_exactly_once, capture, loader_process, post_events,
+    stream_settings,
+};
+use crate::helpers::{Backend, TestDatabase, event_body};
+
+/// Two capture replicas, a stream of three replicas, two loader processes: every row a
+/// client was answered 200 for is in PostgreSQL once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rows_published_through_two_replicas_land_once_through_two_loaders() {
+    let nats = NatsCluster::start(3).await;
+    let database = TestDatabase::create(Backend::Postgres).await;
+    let settings = stream_settings(&database.url(), &nats, 3);
+    let first = Arc::new(capture(&settings).await);
+    let second = Arc::new(capture(&settings).await);
+    let _loaders = [
+        loader_process(&settings).await,
+        loader_process(&settings).await,
+    ];
+
+    let (a, b) = tokio::join!(post_events(&first, 300, 8), post_events(&second, 300, 8));
+    let items: Vec<_> = (0..50)
+        .map(|i| event_body("batched", json!({"i": i}), "b"))
+        .collect();
+    let batch = second
+        .post_json(
+            "/api/analytics/log_raw_analytics/batch",
+            &json!(items),
+            Some(&second.token("stream-user")),
+        )
+        .await;
+    assert_eq!(batch.status(), 200);
+    let results: Vec<serde_json::Value> = batch.json().await.unwrap();
+    let mut acked = Acknowledged::default();
+    acked.merge(a);
+    acked.merge(b);
+    acked
+        .ids
+        .extend(results.iter().map(|r| r["id"].as_str().unwrap().to_owned()));
+
+    assert_eq!(acked.refused, 0);
+    assert_eq!(acked.ids.len(), 650);
+    let rows = assert_loaded_exactly_once(&database.url(), &acked).await;
+    assert_eq!(rows, 650);
+    eprintln!("end to end: acknowledged 650, stored {rows}, duplicates 0");
+}

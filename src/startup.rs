@@ -294,6 +294,8 @@ pub async fn run_loader(
     settings: &Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    // Before the loader counts anything: without a recorder the counts would be lost.
+    crate::telemetry::prometheus::install();
     let store = store::connect(&settings.database)
         .await
         .context("database not usable")?;

@@ -16,6 +16,6 @@ mod publisher;
 pub use config::{Config, LoaderConfig};
 pub use connection::{Nats, SetupError, connect};
 pub use keyed::{IDEMPOTENCY_BUCKET, KeyedPublisher};
-pub use loader::{DEAD_LETTERS, Loader, REASON_HEADER, ROWS_LOADED};
+pub use loader::{DEAD_LETTERS, Loader, OLDEST_PENDING, PENDING, REASON_HEADER, ROWS_LOADED};
 pub use message::{StreamRow, Table};
-pub use publisher::Publisher;
+pub use publisher::{PUBLISH_FAILED, PUBLISHED, Publisher};

@@ -89,6 +89,28 @@ fn describe() {
         GROUP_COMMIT_WAITING,
         "Single-event rows waiting for a group-commit writer"
     );
+    describe_counter!(
+        crate::stream::PUBLISHED,
+        "Rows the stream acknowledged (stream mode)"
+    );
+    describe_counter!(
+        crate::stream::PUBLISH_FAILED,
+        "Rows answered 503 because the stream did not acknowledge them"
+    );
+    describe_counter!(crate::stream::ROWS_LOADED, "Rows the loader inserted");
+    describe_counter!(
+        crate::stream::DEAD_LETTERS,
+        "Rows sent to the dead-letter subject"
+    );
+    describe_gauge!(
+        crate::stream::PENDING,
+        "Messages not yet acknowledged by a loader"
+    );
+    describe_gauge!(
+        crate::stream::OLDEST_PENDING,
+        metrics::Unit::Seconds,
+        "Age of the oldest message not yet acknowledged by a loader"
+    );
     describe_gauge!(BUILD_INFO, "Build information");
 }
 

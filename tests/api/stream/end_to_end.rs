@@ -19,7 +19,7 @@ async fn rows_published_through_two_replicas_land_once_through_two_loaders() {
     let settings = stream_settings(&database.url(), &nats, 3);
     let first = Arc::new(capture(&settings).await);
     let second = Arc::new(capture(&settings).await);
-    let _loaders = [
+    let loaders = [
         loader_process(&settings).await,
         loader_process(&settings).await,
     ];
@@ -48,5 +48,19 @@ async fn rows_published_through_two_replicas_land_once_through_two_loaders() {
     assert_eq!(acked.ids.len(), 650);
     let rows = assert_loaded_exactly_once(&database.url(), &acked).await;
     assert_eq!(rows, 650);
+    // Each loader process exports what it loaded; between them, every row.
+    let mut loaded = 0.0;
+    for loader in &loaders {
+        let scrape = reqwest::get(loader.url("/metrics")).await.unwrap();
+        let text = scrape.text().await.unwrap();
+        loaded += text
+            .lines()
+            .find(|l| {
+                l.starts_with(r#"analytics_loader_rows_loaded_total{table="AnalyticsDetails"}"#)
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0);
+    }
+    assert!(loaded >= 650.0, "the loaders report {loaded} rows loaded");
     eprintln!("end to end: acknowledged 650, stored {rows}, duplicates 0");
 }

@@ -153,7 +153,8 @@ impl Settings {
     }
 
     /// The secret values that must never leave the process (for the log and Sentry
-    /// scrubbers): the JWT key, the bot token, the alerts API key, the database password.
+    /// scrubbers): the JWT key, the bot token, the alerts API key, the database password,
+    /// the NATS URLs' passwords and tokens.
     pub fn secrets(&self) -> Vec<String> {
         [
             self.auth.key().map(str::to_owned),
@@ -163,6 +164,7 @@ impl Settings {
         ]
         .into_iter()
         .flatten()
+        .chain(self.nats.secrets())
         .collect()
     }
 }

@@ -219,6 +219,10 @@ fn every_secret_is_known_to_the_scrubbers() {
             "DATABASE_URL",
             "postgresql://app:db-password-42@db:5432/postgres",
         ),
+        (
+            "NATS_URL",
+            "nats://svc:nats-password-7@nats-1:4222, nats://nats-token-9@nats-2:4222",
+        ),
     ])
     .unwrap();
 
@@ -229,6 +233,8 @@ fn every_secret_is_known_to_the_scrubbers() {
         "bot-token-0123456789",
         "alerts-key-0123456789",
         "db-password-42",
+        "nats-password-7",
+        "nats-token-9",
     ] {
         assert!(secrets.iter().any(|s| s == secret), "{secret} missing");
     }

@@ -68,6 +68,19 @@ impl Config {
             .collect()
     }
 
+    /// What the server URLs carry that must not be logged: a password, or a user name
+    /// given alone (NATS reads that as a token).
+    pub fn secrets(&self) -> Vec<String> {
+        let urls = self.servers().into_iter();
+        let parsed = urls.filter_map(|server| url::Url::parse(&server).ok());
+        parsed
+            .filter_map(|url| match url.password() {
+                Some(password) => Some(password.to_owned()),
+                None => Some(url.username().to_owned()).filter(|token| !token.is_empty()),
+            })
+            .collect()
+    }
+
     /// Checks what the types cannot.
     pub fn validate(&self) -> Result<(), String> {
         if self.servers().is_empty() {

@@ -146,3 +146,44 @@ async fn a_loader_killed_mid_batch_and_started_again_loses_no_row_and_stores_non
         "loader SIGKILL: acknowledged 20000, {loaded_at_kill}..{rows_after_kill} loaded at the kill, stored {rows}, duplicates 0"
     );
 }
+
+/// The only NATS server gone: capture answers 503 with `Retry-After` within the publish
+/// timeout (never a 500, never a hang), `/readyz` says so, and both recover with the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_nats_gone_capture_answers_503_then_recovers() {
+    let mut nats = NatsCluster::start(1).await;
+    let database = TestDatabase::create(Backend::Postgres).await;
+    let mut settings = stream_settings(&database.url(), &nats, 1);
+    settings.nats.publish_timeout = Duration::from_secs(1);
+    let app = Arc::new(capture(&settings).await);
+    let token = app.token("stream-user");
+    let body = event_body("t", json!({}), "i");
+    let path = "/api/analytics/log_raw_analytics";
+
+    nats.nodes[0].kill();
+    let started = tokio::time::Instant::now();
+    let refused = app.post_json(path, &body, Some(&token)).await;
+    let waited = started.elapsed();
+    let ready_while_down = app.client.get(app.url("/readyz")).send().await.unwrap();
+    nats.nodes[0].restart();
+    nats.wait_ready().await;
+    let recovered = eventually("capture to store rows again", secs(30), async || {
+        let response = app.post_json(path, &body, Some(&token)).await;
+        (response.status() == 200).then_some(response.json::<String>().await.unwrap())
+    })
+    .await;
+    let ready_after = app.client.get(app.url("/readyz")).send().await.unwrap();
+
+    assert_eq!(refused.status(), 503);
+    assert!(refused.headers().contains_key("retry-after"));
+    assert!(waited < Duration::from_secs(3), "answered after {waited:?}");
+    assert_eq!(ready_while_down.status(), 503);
+    assert_eq!(ready_after.status(), 200);
+    let loader = InProcessLoader::start(&settings).await;
+    let acked = Acknowledged {
+        ids: vec![recovered],
+        refused: 0,
+    };
+    assert_loaded_exactly_once(&database.url(), &acked).await;
+    loader.stop().await;
+}

@@ -74,6 +74,12 @@ impl NatsNode {
         }
     }
 
+    /// Starts the killed server again, on the same ports and store.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "{} is running", self.name);
+        self.spawn();
+    }
+
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use crate::domain::FieldError;
 use crate::idempotency::{self, Idempotency, IdempotencyHeader, Keyed};
-use crate::ingest::GroupCommit;
+use crate::ingest::{GroupCommit, WriteResult};
 use crate::store::{EVENT_ENDPOINT, EventRow, METRIC_ENDPOINT, MetricRow, Store, StoreError};
-use crate::stream::{KeyedPublisher, Nats};
+use crate::stream::{KeyedPublisher, Nats, StreamRow};
 
 /// The rows' destination.
 // Made once and kept behind an `Arc`: the variants' sizes do not matter.
@@ -56,6 +56,73 @@ impl Outcome {
 /// A probe must answer while the database is silent (orchestrators give up after seconds).
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// What the sink does differently for metrics and events.
+trait SinkRow: StreamRow + Clone {
+    /// The endpoint an `Idempotency-Key` is scoped to.
+    const ENDPOINT: &'static str;
+    fn user_id(&self) -> &str;
+    fn body_hash(&self) -> String;
+    /// Direct mode: stores the row under the request's key (or says there is none).
+    async fn store_keyed(
+        idempotency: &Idempotency,
+        store: &dyn Store,
+        header: &IdempotencyHeader,
+        row: &Self,
+    ) -> Result<Keyed, StoreError>;
+    /// Direct mode: hands the row to group commit.
+    async fn write(writers: &GroupCommit, row: Self) -> WriteResult;
+    /// Direct mode: stores a batch in one transaction.
+    async fn insert_all(store: &dyn Store, rows: &[Self]) -> Result<(), StoreError>;
+}
+
+impl SinkRow for MetricRow {
+    const ENDPOINT: &'static str = METRIC_ENDPOINT;
+    fn user_id(&self) -> &str {
+        &self.user_id
+    }
+    fn body_hash(&self) -> String {
+        idempotency::metric_hash(&self.metric)
+    }
+    async fn store_keyed(
+        idempotency: &Idempotency,
+        store: &dyn Store,
+        header: &IdempotencyHeader,
+        row: &Self,
+    ) -> Result<Keyed, StoreError> {
+        idempotency.store_metric(store, header, row).await
+    }
+    async fn write(writers: &GroupCommit, row: Self) -> WriteResult {
+        writers.store_metric(row).await
+    }
+    async fn insert_all(store: &dyn Store, rows: &[Self]) -> Result<(), StoreError> {
+        store.insert_metrics(rows).await
+    }
+}
+
+impl SinkRow for EventRow {
+    const ENDPOINT: &'static str = EVENT_ENDPOINT;
+    fn user_id(&self) -> &str {
+        &self.user_id
+    }
+    fn body_hash(&self) -> String {
+        idempotency::event_hash(&self.event)
+    }
+    async fn store_keyed(
+        idempotency: &Idempotency,
+        store: &dyn Store,
+        header: &IdempotencyHeader,
+        row: &Self,
+    ) -> Result<Keyed, StoreError> {
+        idempotency.store_event(store, header, row).await
+    }
+    async fn write(writers: &GroupCommit, row: Self) -> WriteResult {
+        writers.store_event(row).await
+    }
+    async fn insert_all(store: &dyn Store, rows: &[Self]) -> Result<(), StoreError> {
+        store.insert_events(rows).await
+    }
+}
+
 impl Sink {
     /// Stores one metric, under the request's `Idempotency-Key` when it has one.
     pub async fn store_metric(
@@ -63,28 +130,7 @@ impl Sink {
         header: &IdempotencyHeader,
         row: MetricRow,
     ) -> Result<Outcome, Arc<StoreError>> {
-        let id = row.id;
-        let keyed = match self {
-            Sink::Direct {
-                store,
-                writers,
-                idempotency,
-            } => match idempotency
-                .store_metric(store.as_ref(), header, &row)
-                .await?
-            {
-                Keyed::NoKey => {
-                    writers.store_metric(row).await?;
-                    Keyed::NoKey
-                }
-                keyed => keyed,
-            },
-            Sink::Stream { publisher, .. } => {
-                let hash = || idempotency::metric_hash(&row.metric);
-                (publisher.publish(header, METRIC_ENDPOINT, &row.user_id, &row, hash)).await?
-            }
-        };
-        Ok(Outcome::of(keyed, id))
+        self.store_one(header, row).await
     }
 
     /// As `store_metric`, for an analytics event.
@@ -93,42 +139,49 @@ impl Sink {
         header: &IdempotencyHeader,
         row: EventRow,
     ) -> Result<Outcome, Arc<StoreError>> {
-        let id = row.id;
+        self.store_one(header, row).await
+    }
+
+    async fn store_one<R: SinkRow>(
+        &self,
+        header: &IdempotencyHeader,
+        row: R,
+    ) -> Result<Outcome, Arc<StoreError>> {
+        let id = row.id();
         let keyed = match self {
             Sink::Direct {
                 store,
                 writers,
                 idempotency,
-            } => match idempotency
-                .store_event(store.as_ref(), header, &row)
-                .await?
-            {
+            } => match R::store_keyed(idempotency, store.as_ref(), header, &row).await? {
                 Keyed::NoKey => {
-                    writers.store_event(row).await?;
+                    R::write(writers, row).await?;
                     Keyed::NoKey
                 }
                 keyed => keyed,
             },
             Sink::Stream { publisher, .. } => {
-                let hash = || idempotency::event_hash(&row.event);
-                (publisher.publish(header, EVENT_ENDPOINT, &row.user_id, &row, hash)).await?
+                let hash = || row.body_hash();
+                (publisher.publish(header, R::ENDPOINT, row.user_id(), &row, hash)).await?
             }
         };
         Ok(Outcome::of(keyed, id))
     }
 
-    /// Stores a batch endpoint's valid metrics: all of them, or (on `Err`) none for sure.
+    /// Stores a batch endpoint's valid metrics. Direct mode: in one transaction, all or
+    /// none. Stream mode: on `Err` some may be in the stream (and will be loaded).
     pub async fn store_metrics(&self, rows: &[MetricRow]) -> Result<(), StoreError> {
-        match self {
-            Sink::Direct { store, .. } => store.insert_metrics(rows).await,
-            Sink::Stream { publisher, .. } => publisher.publisher.publish_all(rows).await,
-        }
+        self.store_all(rows).await
     }
 
     /// As `store_metrics`, for analytics events.
     pub async fn store_events(&self, rows: &[EventRow]) -> Result<(), StoreError> {
+        self.store_all(rows).await
+    }
+
+    async fn store_all<R: SinkRow>(&self, rows: &[R]) -> Result<(), StoreError> {
         match self {
-            Sink::Direct { store, .. } => store.insert_events(rows).await,
+            Sink::Direct { store, .. } => R::insert_all(store.as_ref(), rows).await,
             Sink::Stream { publisher, .. } => publisher.publisher.publish_all(rows).await,
         }
     }

@@ -76,19 +76,35 @@ pub async fn connect(config: &Config) -> Result<Nats, SetupError> {
         config: config.clone(),
     };
     for table in Table::ALL {
-        nats.ensure_stream(table.stream(), vec![table.subject().to_owned()])
+        let subjects = vec![table.subject().to_owned()];
+        // A work queue: a row leaves the stream once a loader has acknowledged it, so the
+        // byte limit bounds the rows not yet loaded.
+        let retention = stream::RetentionPolicy::WorkQueue;
+        nats.ensure_stream(table.stream(), subjects, retention)
             .await?;
     }
-    nats.ensure_stream(DEAD_LETTER_STREAM, vec![DEAD_LETTER_SUBJECTS.to_owned()])
-        .await?;
+    // Dead letters stay (up to the age and byte limits) for an operator to read.
+    let subjects = vec![DEAD_LETTER_SUBJECTS.to_owned()];
+    (nats.ensure_stream(
+        DEAD_LETTER_STREAM,
+        subjects,
+        stream::RetentionPolicy::Limits,
+    ))
+    .await?;
     Ok(nats)
 }
 
 impl Nats {
-    async fn ensure_stream(&self, name: &str, subjects: Vec<String>) -> Result<(), SetupError> {
+    async fn ensure_stream(
+        &self,
+        name: &str,
+        subjects: Vec<String>,
+        retention: stream::RetentionPolicy,
+    ) -> Result<(), SetupError> {
         let config = stream::Config {
             name: name.to_owned(),
             subjects,
+            retention,
             num_replicas: self.config.stream_replicas,
             max_age: self.config.stream_max_age,
             max_bytes: self.config.stream_max_bytes,
@@ -97,8 +113,6 @@ impl Nats {
             storage: stream::StorageType::File,
             // A retried publish of the same row within this is stored once.
             duplicate_window: Duration::from_secs(120),
-            // The loader reads the oldest pending message's time with a direct get (lag).
-            allow_direct: true,
             ..Default::default()
         };
         self.jetstream

@@ -286,7 +286,7 @@ impl Loader {
         }
     }
 
-    /// Reads the consumer's pending count and the oldest pending message's age, now and then.
+    /// Reads the backlog and the oldest waiting row's age, now and then.
     async fn watch_lag(self: Arc<Self>, table: Table, mut stop: watch::Receiver<bool>) {
         while !*stop.borrow() {
             if let Err(err) = self.read_lag(table).await {
@@ -303,26 +303,19 @@ impl Loader {
             .get_stream_no_info(table.stream())
             .await
             .map_err(|e| e.to_string())?;
-        let consumer: PullConsumer = stream
-            .get_consumer(CONSUMER)
-            .await
-            .map_err(|e| e.to_string())?;
-        let info = consumer.get_info().await.map_err(|e| e.to_string())?;
-        let pending = info.num_pending + info.num_ack_pending as u64;
+        // A work queue holds only the rows not yet acknowledged: its size is the backlog,
+        // its first message the oldest row waiting.
+        let state = stream.get_info().await.map_err(|e| e.to_string())?.state;
         let mut age = 0.0;
-        if pending > 0 {
-            let oldest = stream
-                .direct_get(info.ack_floor.stream_sequence + 1)
-                .await
-                .map_err(|e| e.to_string())?;
-            let published = oldest.time.unix_timestamp_nanos() as f64 / 1e9;
+        if state.messages > 0 {
+            let oldest = state.first_timestamp.unix_timestamp_nanos() as f64 / 1e9;
             let now = SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .unwrap_or_default()
                 .as_secs_f64();
-            age = (now - published).max(0.0);
+            age = (now - oldest).max(0.0);
         }
-        metrics::gauge!(PENDING, "table" => table.name()).set(pending as f64);
+        metrics::gauge!(PENDING, "table" => table.name()).set(state.messages as f64);
         metrics::gauge!(OLDEST_PENDING, "table" => table.name()).set(age);
         Ok(())
     }

@@ -6,9 +6,9 @@ use serde_json::json;
 
 use super::{
     Acknowledged, NatsCluster, assert_loaded_exactly_once, capture, loader_process, post_events,
-    stream_settings,
+    scrape_value, secs, stream_settings,
 };
-use crate::helpers::{Backend, TestDatabase, event_body};
+use crate::helpers::{Backend, TestDatabase, event_body, eventually};
 
 /// Two capture replicas, a stream of three replicas, two loader processes: every row a
 /// client was answered 200 for is in PostgreSQL once.
@@ -51,16 +51,55 @@ async fn rows_published_through_two_replicas_land_once_through_two_loaders() {
     // Each loader process exports what it loaded; between them, every row.
     let mut loaded = 0.0;
     for loader in &loaders {
-        let scrape = reqwest::get(loader.url("/metrics")).await.unwrap();
-        let text = scrape.text().await.unwrap();
-        loaded += text
-            .lines()
-            .find(|l| {
-                l.starts_with(r#"analytics_loader_rows_loaded_total{table="AnalyticsDetails"}"#)
-            })
-            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        let series = r#"analytics_loader_rows_loaded_total{table="AnalyticsDetails"}"#;
+        loaded += scrape_value(&loader.url("/metrics"), series)
+            .await
             .unwrap_or(0.0);
     }
     assert!(loaded >= 650.0, "the loaders report {loaded} rows loaded");
     eprintln!("end to end: acknowledged 650, stored {rows}, duplicates 0");
+}
+
+/// The loader's lag gauges: rows waiting while the table is locked, and their age; both
+/// back to zero once the rows are loaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_loader_exports_its_backlog_and_the_oldest_rows_age() {
+    let nats = NatsCluster::start(1).await;
+    let database = TestDatabase::create(Backend::Postgres).await;
+    let settings = stream_settings(&database.url(), &nats, 1);
+    let app = Arc::new(capture(&settings).await);
+    let acked = post_events(&app, 100, 4).await;
+    let mut conn = app.pg().await;
+    let mut lock = sqlx::Connection::begin(&mut conn).await.unwrap();
+    sqlx::query(r#"lock table "AnalyticsDetails" in access exclusive mode"#)
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let loader = super::loader_process_with(
+        &settings,
+        &[
+            ("APP_LOADER__LAG_INTERVAL_MS", "100"),
+            ("APP_LOADER__INSERT_DEADLINE_MS", "1000"),
+        ],
+    )
+    .await;
+    let metrics = loader.url("/metrics");
+    let pending = r#"analytics_loader_pending_messages{table="AnalyticsDetails"}"#;
+    let oldest = r#"analytics_loader_oldest_pending_seconds{table="AnalyticsDetails"}"#;
+
+    let age = eventually("the backlog's age to show", secs(20), async || {
+        let waiting = scrape_value(&metrics, pending).await?;
+        let age = scrape_value(&metrics, oldest).await?;
+        (waiting == 100.0 && age >= 1.0).then_some(age)
+    })
+    .await;
+    lock.rollback().await.unwrap();
+    assert_loaded_exactly_once(&database.url(), &acked).await;
+    eventually("the backlog to drain", secs(20), async || {
+        let waiting = scrape_value(&metrics, pending).await;
+        let age = scrape_value(&metrics, oldest).await;
+        waiting == Some(0.0) && age == Some(0.0)
+    })
+    .await;
+    assert!(age < 60.0, "{age}");
 }

@@ -75,25 +75,33 @@ impl InProcessLoader {
 
 /// `analytics-service load` as a process of its own.
 pub async fn loader_process(settings: &Settings) -> ServiceProcess {
+    loader_process_with(settings, &[]).await
+}
+
+/// As `loader_process`, with more environment.
+pub async fn loader_process_with(settings: &Settings, more: &[(&str, &str)]) -> ServiceProcess {
     let url = settings
         .database
         .url
         .as_ref()
         .map(secrecy::ExposeSecret::expose_secret);
-    ServiceProcess::start_command(
-        &["load"],
-        &[
-            ("DATABASE_URL", url.expect("a database URL")),
-            ("NATS_URL", &settings.nats.url),
-            (
-                "APP_NATS__STREAM_REPLICAS",
-                &settings.nats.stream_replicas.to_string(),
-            ),
-            ("APP_LOADER__ACK_WAIT_MS", "3000"),
-            ("APP_LOADER__RETRY_DELAY_MS", "200"),
-        ],
-    )
-    .await
+    let replicas = settings.nats.stream_replicas.to_string();
+    let mut env = vec![
+        ("DATABASE_URL", url.expect("a database URL")),
+        ("NATS_URL", settings.nats.url.as_str()),
+        ("APP_NATS__STREAM_REPLICAS", replicas.as_str()),
+        ("APP_LOADER__ACK_WAIT_MS", "3000"),
+        ("APP_LOADER__RETRY_DELAY_MS", "200"),
+    ];
+    env.extend_from_slice(more);
+    ServiceProcess::start_command(&["load"], &env).await
+}
+
+/// A gauge or counter of a Prometheus scrape, by its name and labels as written.
+pub async fn scrape_value(metrics_url: &str, series: &str) -> Option<f64> {
+    let text = reqwest::get(metrics_url).await.ok()?.text().await.ok()?;
+    let line = text.lines().find(|l| l.starts_with(series))?;
+    line.rsplit(' ').next()?.parse().ok()
 }
 
 /// What the clients were told: the ids answered 200, and how many requests were not.

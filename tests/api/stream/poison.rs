@@ -59,7 +59,7 @@ async fn a_poison_row_reaches_the_dead_letters_and_the_rows_behind_it_are_loaded
         .await
         .unwrap();
     let dead = eventually("the dead letter", secs(30), async || {
-        dead_letters.direct_get(1).await.ok()
+        dead_letters.get_raw_message(1).await.ok()
     })
     .await;
     let dead_after = started.elapsed();
@@ -84,7 +84,7 @@ async fn a_poison_row_reaches_the_dead_letters_and_the_rows_behind_it_are_loaded
             .unwrap();
     assert_eq!(poison_stored, 0);
     assert!(
-        dead_letters.direct_get(2).await.is_err(),
+        dead_letters.get_raw_message(2).await.is_err(),
         "one dead letter only"
     );
 }

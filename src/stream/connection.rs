@@ -8,6 +8,10 @@ use async_nats::jetstream::{self, kv, stream};
 use super::Config;
 use super::message::{DEAD_LETTER_STREAM, DEAD_LETTER_SUBJECTS, Table};
 
+/// How long start-up keeps asking for a stream that does not answer (a leader election
+/// after a node's loss takes seconds).
+const SETUP_RETRIES_FOR: Duration = Duration::from_secs(30);
+
 /// Why stream mode could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
@@ -115,15 +119,29 @@ impl Nats {
             duplicate_window: Duration::from_secs(120),
             ..Default::default()
         };
-        self.jetstream
-            .get_or_create_stream(config)
+        self.make_stream(config)
             .await
-            .map_err(|err| SetupError::JetStream {
+            .map_err(|reason| SetupError::JetStream {
                 what: "stream",
                 name: name.to_owned(),
-                reason: err.to_string(),
-            })?;
-        Ok(())
+                reason,
+            })
+    }
+
+    /// Makes (or finds) the stream, trying again for [`SETUP_RETRIES_FOR`]: a cluster that
+    /// just lost a node answers only once the stream has elected a new leader.
+    async fn make_stream(&self, config: stream::Config) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + SETUP_RETRIES_FOR;
+        loop {
+            match self.jetstream.get_or_create_stream(config.clone()).await {
+                Ok(_) => return Ok(()),
+                Err(err) if tokio::time::Instant::now() >= deadline => return Err(err.to_string()),
+                Err(err) => {
+                    tracing::warn!(stream = %config.name, error = %err, "JetStream not answering yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
     }
 
     /// A key-value bucket whose entries live `ttl`, made when missing. `create` on it is
@@ -151,10 +169,7 @@ impl Nats {
             name: name.to_owned(),
             reason: err.to_string(),
         };
-        self.jetstream
-            .get_or_create_stream(config)
-            .await
-            .map_err(|err| error(&err))?;
+        self.make_stream(config).await.map_err(|err| error(&err))?;
         self.jetstream
             .get_key_value(name)
             .await

@@ -108,8 +108,14 @@ impl Config {
 pub struct LoaderConfig {
     /// Run a loader inside `serve` too (besides `analytics-service load`).
     pub enabled: bool,
-    /// Most messages fetched, and rows written in one statement, per table.
+    /// Most messages fetched at once by one worker.
     pub batch: usize,
+    /// Most bytes of row data in one insert statement (each row at its upper bound; a row
+    /// alone always fits). Over TLS a statement larger than a TLS record stalls (see
+    /// `ingest.max_batch_bytes`).
+    pub max_statement_bytes: usize,
+    /// Workers per table, each with its own database connection.
+    pub workers_per_table: usize,
     /// How long one fetch waits for its batch to fill before taking what came.
     #[serde_as(as = "DurationMilliSeconds<u64>")]
     #[serde(rename = "fetch_wait_ms")]
@@ -142,6 +148,8 @@ impl Default for LoaderConfig {
         LoaderConfig {
             enabled: false,
             batch: 500,
+            max_statement_bytes: 15 * 1024,
+            workers_per_table: 2,
             fetch_wait: Duration::from_millis(200),
             max_deliver: 5,
             ack_wait: Duration::from_secs(30),
@@ -155,8 +163,16 @@ impl Default for LoaderConfig {
 impl LoaderConfig {
     /// Checks what the types cannot.
     pub fn validate(&self) -> Result<(), String> {
-        if self.batch == 0 || self.max_deliver < 1 {
-            return Err("loader.batch and loader.max_deliver must be at least 1".to_owned());
+        if self.batch == 0
+            || self.max_deliver < 1
+            || self.max_statement_bytes == 0
+            || self.workers_per_table == 0
+        {
+            return Err(
+                "loader.batch, loader.max_statement_bytes, loader.workers_per_table \
+                        and loader.max_deliver must be at least 1"
+                    .to_owned(),
+            );
         }
         if self.fetch_wait.is_zero()
             || self.ack_wait.is_zero()

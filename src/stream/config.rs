@@ -149,7 +149,7 @@ impl Default for LoaderConfig {
             enabled: false,
             batch: 500,
             max_statement_bytes: 15 * 1024,
-            workers_per_table: 2,
+            workers_per_table: 4,
             fetch_wait: Duration::from_millis(200),
             max_deliver: 5,
             ack_wait: Duration::from_secs(30),

@@ -459,3 +459,24 @@ pub async fn eventually<R: Settled>(
         pause = (pause * 2).min(Duration::from_millis(200));
     }
 }
+
+/// A free 127.0.0.1 port for a process the test starts later (a nats-server, the service
+/// binary). Taken below Linux's ephemeral range (32768-60999), where the listeners other
+/// tests bind to port 0 are placed, and never handed out twice: a port reserved then
+/// released in the ephemeral range could be given to another test's listener before the
+/// process bound it, and the two tests would talk to each other's servers.
+pub fn free_port() -> u16 {
+    use std::sync::Mutex;
+    static HANDED_OUT: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap();
+    loop {
+        let port = 20_000 + rand::random::<u16>() % 12_000;
+        if handed_out.contains(&port) {
+            continue;
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            handed_out.push(port);
+            return port;
+        }
+    }
+}

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use analytics_service::auth::mint_token;
 
-use crate::helpers::{eventually, test_settings};
+use crate::helpers::{eventually, free_port, test_settings};
 
 /// The service started as a process on a free port with an SQLite file of its own.
 pub struct ServiceProcess {
@@ -25,11 +25,7 @@ impl ServiceProcess {
     /// As `start`, with a subcommand and its arguments (`load` serves `/healthz` too).
     pub async fn start_command(args: &[&str], env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_analytics-service"))
             .args(args)
             .current_dir(env!("CARGO_MANIFEST_DIR"))

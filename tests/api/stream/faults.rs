@@ -169,7 +169,9 @@ async fn with_nats_gone_capture_answers_503_then_recovers() {
     nats.wait_ready().await;
     let recovered = eventually("capture to store rows again", secs(30), async || {
         let response = app.post_json(path, &body, Some(&token)).await;
-        (response.status() == 200).then_some(response.json::<String>().await.unwrap())
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        (status == 200).then(|| serde_json::from_str::<String>(&text).expect(&text))
     })
     .await;
     let ready_after = app.client.get(app.url("/readyz")).send().await.unwrap();

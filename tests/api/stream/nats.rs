@@ -4,19 +4,11 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::helpers::eventually;
+use crate::helpers::{eventually, free_port};
 
 /// Where Debian's package puts the server; `NATS_SERVER` picks another.
 fn server_binary() -> String {
     std::env::var("NATS_SERVER").unwrap_or_else(|_| "/usr/sbin/nats-server".to_owned())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// One server of a cluster (or a single server).

@@ -8,6 +8,7 @@ mod faults;
 pub mod nats;
 mod poison;
 mod replicas;
+mod tls;
 
 use std::collections::HashSet;
 use std::sync::Arc;

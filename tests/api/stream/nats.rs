@@ -18,6 +18,8 @@ pub struct NatsNode {
     monitor_port: u16,
     cluster_port: u16,
     routes: Vec<u16>,
+    /// More arguments (TLS).
+    extra: Vec<String>,
     store: tempfile::TempDir,
     child: Option<Child>,
 }
@@ -30,6 +32,7 @@ impl NatsNode {
             .args(["-m", &self.monitor_port.to_string()])
             .args(["-js", "-sd", self.store.path().to_str().unwrap()])
             .args(["--server_name", &self.name])
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         if !self.routes.is_empty() {
@@ -91,6 +94,11 @@ pub struct NatsCluster {
 impl NatsCluster {
     /// `size` servers (1: no clustering), answering and with JetStream ready.
     pub async fn start(size: usize) -> Self {
+        Self::start_with(size, &[]).await
+    }
+
+    /// As `start`, each server with `extra` arguments.
+    pub async fn start_with(size: usize, extra: &[&str]) -> Self {
         let cluster_ports: Vec<u16> = (0..size).map(|_| free_port()).collect();
         let mut nodes: Vec<NatsNode> = (0..size)
             .map(|i| NatsNode {
@@ -98,6 +106,7 @@ impl NatsCluster {
                 port: free_port(),
                 monitor_port: free_port(),
                 cluster_port: cluster_ports[i],
+                extra: extra.iter().map(|a| a.to_string()).collect(),
                 routes: if size > 1 {
                     cluster_ports.clone()
                 } else {

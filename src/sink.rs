@@ -56,6 +56,22 @@ impl Outcome {
 /// A probe must answer while the database is silent (orchestrators give up after seconds).
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// `Ok` when the database answers a ping within [`PING_TIMEOUT`]; else what is wrong, for
+/// a readiness probe (`serve` in direct mode, and `load`).
+pub async fn database_ready(store: &dyn Store) -> Result<(), &'static str> {
+    match tokio::time::timeout(PING_TIMEOUT, store.ping()).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(err)) => {
+            tracing::warn!(error = ?err, "readiness check: database not answering");
+            Err("Database unavailable")
+        }
+        Err(_elapsed) => {
+            tracing::warn!("readiness check: database ping timed out");
+            Err("Database unavailable")
+        }
+    }
+}
+
 /// What the sink does differently for metrics and events.
 trait SinkRow: StreamRow + Clone {
     /// The endpoint an `Idempotency-Key` is scoped to.
@@ -196,17 +212,7 @@ impl Sink {
                     tracing::warn!("readiness check: group-commit writes are not committing");
                     return Err("Database writes are stalled");
                 }
-                match tokio::time::timeout(PING_TIMEOUT, store.ping()).await {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(err)) => {
-                        tracing::warn!(error = ?err, "readiness check: database not answering");
-                        Err("Database unavailable")
-                    }
-                    Err(_elapsed) => {
-                        tracing::warn!("readiness check: database ping timed out");
-                        Err("Database unavailable")
-                    }
-                }
+                database_ready(store.as_ref()).await
             }
             Sink::Stream { nats, .. } if nats.connected() => Ok(()),
             Sink::Stream { .. } => {

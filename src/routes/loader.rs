@@ -2,20 +2,16 @@
 //! answers) and `GET /metrics` (the loader's counters and lag gauges, the pool).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 use super::health::{healthz, ready, unavailable};
+use super::metrics::scrape;
+use crate::sink::database_ready;
 use crate::store::Store;
-use crate::telemetry::prometheus;
-
-/// A probe must answer while the database is silent.
-const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The loader's router.
 pub fn router(store: Arc<dyn Store>) -> Router {
@@ -27,18 +23,12 @@ pub fn router(store: Arc<dyn Store>) -> Router {
 }
 
 async fn readyz(State(store): State<Arc<dyn Store>>) -> Response {
-    match tokio::time::timeout(PING_TIMEOUT, store.ping()).await {
-        Ok(Ok(())) => ready(),
-        _ => unavailable("Database unavailable"),
+    match database_ready(store.as_ref()).await {
+        Ok(()) => ready(),
+        Err(detail) => unavailable(detail),
     }
 }
 
 async fn metrics(State(store): State<Arc<dyn Store>>) -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        prometheus::render(store.pool_stats(), &[]),
-    )
+    scrape(store.as_ref(), &[])
 }

@@ -23,12 +23,20 @@ pub async fn metrics(
     State(store): State<Arc<dyn Store>>,
     State(ingest): State<Arc<GroupCommit>>,
 ) -> impl IntoResponse {
+    scrape(store.as_ref(), &ingest.waiting_rows())
+}
+
+/// The scrape's answer: every metric, with the pool and the group-commit queues read now.
+pub(super) fn scrape(
+    store: &dyn Store,
+    waiting_rows: &[(&'static str, usize)],
+) -> impl IntoResponse + use<> {
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        prometheus::render(store.pool_stats(), &ingest.waiting_rows()),
+        prometheus::render(store.pool_stats(), waiting_rows),
     )
 }
 

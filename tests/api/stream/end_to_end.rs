@@ -5,18 +5,20 @@ use std::sync::Arc;
 use serde_json::json;
 
 use super::{
-    Acknowledged, NatsCluster, assert_loaded_exactly_once, capture, loader_process, post_events,
-    scrape_value, secs, stream_settings,
+    Acknowledged, Rig, assert_loaded_exactly_once, capture, loader_process, post_events,
+    scrape_value, secs,
 };
-use crate::helpers::{Backend, TestDatabase, event_body, eventually};
+use crate::helpers::{event_body, eventually};
 
 /// Two capture replicas, a stream of three replicas, two loader processes: every row a
 /// client was answered 200 for is in PostgreSQL once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rows_published_through_two_replicas_land_once_through_two_loaders() {
-    let nats = NatsCluster::start(3).await;
-    let database = TestDatabase::create(Backend::Postgres).await;
-    let settings = stream_settings(&database.url(), &nats, 3);
+    let Rig {
+        nats: _nats,
+        database,
+        settings,
+    } = Rig::start(3, 3).await;
     let first = Arc::new(capture(&settings).await);
     let second = Arc::new(capture(&settings).await);
     let loaders = [
@@ -64,9 +66,11 @@ async fn rows_published_through_two_replicas_land_once_through_two_loaders() {
 /// back to zero once the rows are loaded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_loader_exports_its_backlog_and_the_oldest_rows_age() {
-    let nats = NatsCluster::start(1).await;
-    let database = TestDatabase::create(Backend::Postgres).await;
-    let settings = stream_settings(&database.url(), &nats, 1);
+    let Rig {
+        nats: _nats,
+        database,
+        settings,
+    } = Rig::start(1, 1).await;
     let app = Arc::new(capture(&settings).await);
     let acked = post_events(&app, 100, 4).await;
     let mut conn = app.pg().await;

@@ -5,14 +5,16 @@ use analytics_service::stream::{self, Table};
 use async_nats::jetstream;
 use sqlx::Connection;
 
-use super::{InProcessLoader, NatsCluster, capture, secs, stream_settings};
-use crate::helpers::{Backend, TestDatabase, eventually, metric_body};
+use super::{InProcessLoader, Rig, capture, secs};
+use crate::helpers::{eventually, metric_body};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_poison_row_reaches_the_dead_letters_and_the_rows_behind_it_are_loaded() {
-    let nats = NatsCluster::start(1).await;
-    let database = TestDatabase::create(Backend::Postgres).await;
-    let mut settings = stream_settings(&database.url(), &nats, 1);
+    let Rig {
+        nats,
+        database,
+        mut settings,
+    } = Rig::start(1, 1).await;
     settings.loader.max_deliver = 3;
     let app = capture(&settings).await;
     app.require_known_users(&["known"]).await;

@@ -5,14 +5,16 @@ use std::sync::Arc;
 use serde_json::json;
 use tokio::task::JoinSet;
 
-use super::{InProcessLoader, NatsCluster, capture, secs, stored_event_ids, stream_settings};
-use crate::helpers::{Backend, TestDatabase, event_body, eventually};
+use super::{InProcessLoader, Rig, capture, secs, stored_event_ids};
+use crate::helpers::{event_body, eventually};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_idempotency_key_raced_across_two_replicas_gives_one_id_and_one_row() {
-    let nats = NatsCluster::start(1).await;
-    let database = TestDatabase::create(Backend::Postgres).await;
-    let settings = stream_settings(&database.url(), &nats, 1);
+    let Rig {
+        nats: _nats,
+        database,
+        settings,
+    } = Rig::start(1, 1).await;
     let replicas = [
         Arc::new(capture(&settings).await),
         Arc::new(capture(&settings).await),

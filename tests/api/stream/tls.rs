@@ -7,10 +7,7 @@ use std::sync::Arc;
 
 use analytics_service::startup::Application;
 
-use super::{
-    InProcessLoader, NatsCluster, assert_loaded_exactly_once, capture, post_events, stream_settings,
-};
-use crate::helpers::{Backend, TestDatabase};
+use super::{InProcessLoader, NatsCluster, Rig, assert_loaded_exactly_once, capture, post_events};
 
 /// A CA and a server certificate for 127.0.0.1 signed by it, made with `openssl`.
 fn make_certificates(dir: &Path) {
@@ -80,8 +77,11 @@ async fn over_tls_the_configured_ca_is_trusted_and_nothing_else() {
     let path = |name: &str| certs.path().join(name).to_str().unwrap().to_owned();
     let (cert, key) = (path("server.pem"), path("server.key"));
     let nats = NatsCluster::start_with(1, &["--tls", "--tlscert", &cert, "--tlskey", &key]).await;
-    let database = TestDatabase::create(Backend::Postgres).await;
-    let mut untrusted = stream_settings(&database.url(), &nats, 1);
+    let Rig {
+        nats: _nats,
+        database,
+        settings: mut untrusted,
+    } = Rig::on(nats, 1).await;
     untrusted.nats.tls_required = true;
     let mut trusted = untrusted.clone();
     trusted.nats.tls_ca_file = path("ca.pem");

@@ -27,8 +27,8 @@ pub const ROWS_STORED: &str = "analytics_rows_stored_total";
 pub const STORAGE_ERRORS: &str = "analytics_storage_errors_total";
 
 /// Counts `rows` committed to `table`.
-fn count_rows_stored(table: &'static str, rows: usize) {
-    metrics::counter!(ROWS_STORED, "table" => table).increment(rows as u64);
+fn count_rows_stored(table: &'static str, rows: u64) {
+    metrics::counter!(ROWS_STORED, "table" => table).increment(rows);
 }
 
 /// Counts one failed database call of `kind`.

@@ -310,14 +310,14 @@ impl Store for PgStore {
 impl BatchStatements for Postgres {
     async fn store_metrics(conn: &mut PgConnection, rows: &[MetricRow]) -> Result<(), StoreError> {
         // One statement is its own transaction.
-        write_metrics(conn, rows).await?;
-        super::count_rows_stored("AnalyticsMetrics", rows.len());
+        let stored = write_metrics(conn, rows).await?;
+        super::count_rows_stored("AnalyticsMetrics", stored);
         Ok(())
     }
 
     async fn store_events(conn: &mut PgConnection, rows: &[EventRow]) -> Result<(), StoreError> {
-        write_events(conn, rows).await?;
-        super::count_rows_stored("AnalyticsDetails", rows.len());
+        let stored = write_events(conn, rows).await?;
+        super::count_rows_stored("AnalyticsDetails", stored);
         Ok(())
     }
 }
@@ -352,11 +352,12 @@ async fn claim_or_standing(
 }
 
 /// Inserts any number of metrics with one statement (`unnest` of one array per column); an
-/// id already stored is skipped (stream mode may deliver a row twice).
+/// id already stored is skipped (stream mode may deliver a row twice). Returns the rows
+/// inserted.
 async fn write_metrics<'c>(
     executor: impl sqlx::PgExecutor<'c>,
     rows: &[MetricRow],
-) -> Result<(), StoreError> {
+) -> Result<u64, StoreError> {
     let ids: Vec<String> = rows.iter().map(|r| r.id.to_string()).collect();
     let times: Vec<_> = rows.iter().map(|r| r.created_at).collect();
     let names: Vec<&str> = rows.iter().map(|r| r.metric.metric_name.as_str()).collect();
@@ -364,7 +365,7 @@ async fn write_metrics<'c>(
     let strings: Vec<&str> = rows.iter().map(|r| r.metric.data_string.as_str()).collect();
     let users: Vec<&str> = rows.iter().map(|r| r.user_id.as_str()).collect();
     // One statement for any number of rows: a single INSERT is its own transaction.
-    sqlx::query(
+    let done = sqlx::query(
         r#"insert into "AnalyticsMetrics"
                ("id", "createdAt", "updatedAt", "analyticMetric", "value", "dataString", "userId")
            select id, created_at, created_at, name, value, data_string, user_id
@@ -380,21 +381,21 @@ async fn write_metrics<'c>(
     .bind(users)
     .execute(executor)
     .await?;
-    Ok(())
+    Ok(done.rows_affected())
 }
 
 /// Inserts any number of events with one statement.
 async fn write_events<'c>(
     executor: impl sqlx::PgExecutor<'c>,
     rows: &[EventRow],
-) -> Result<(), StoreError> {
+) -> Result<u64, StoreError> {
     let ids: Vec<String> = rows.iter().map(|r| r.id.to_string()).collect();
     let times: Vec<_> = rows.iter().map(|r| r.created_at).collect();
     let users: Vec<&str> = rows.iter().map(|r| r.user_id.as_str()).collect();
     let types: Vec<&str> = rows.iter().map(|r| r.event.event_type.as_str()).collect();
     let data: Vec<&str> = rows.iter().map(|r| r.event.data_json.as_str()).collect();
     let indexes: Vec<&str> = rows.iter().map(|r| r.event.data_index.as_str()).collect();
-    sqlx::query(
+    let done = sqlx::query(
         r#"insert into "AnalyticsDetails"
                ("id", "createdAt", "updatedAt", "userId", "type", "data", "dataIndex")
            select id, created_at, created_at, user_id, type, data::jsonb, data_index
@@ -410,7 +411,7 @@ async fn write_events<'c>(
     .bind(indexes)
     .execute(executor)
     .await?;
-    Ok(())
+    Ok(done.rows_affected())
 }
 
 #[cfg(test)]

@@ -229,9 +229,9 @@ impl BatchStatements for Sqlite {
         rows: &[MetricRow],
     ) -> Result<(), StoreError> {
         let mut tx = conn.begin().await?;
-        write_metrics(&mut tx, rows).await?;
+        let stored = write_metrics(&mut tx, rows).await?;
         tx.commit().await?;
-        super::count_rows_stored("AnalyticsMetrics", rows.len());
+        super::count_rows_stored("AnalyticsMetrics", stored);
         Ok(())
     }
 
@@ -240,17 +240,18 @@ impl BatchStatements for Sqlite {
         rows: &[EventRow],
     ) -> Result<(), StoreError> {
         let mut tx = conn.begin().await?;
-        write_events(&mut tx, rows).await?;
+        let stored = write_events(&mut tx, rows).await?;
         tx.commit().await?;
-        super::count_rows_stored("AnalyticsDetails", rows.len());
+        super::count_rows_stored("AnalyticsDetails", stored);
         Ok(())
     }
 }
 
 /// Inserts the metrics on `conn` (the caller's transaction), one prepared statement each.
-async fn write_metrics(conn: &mut SqliteConnection, rows: &[MetricRow]) -> Result<(), StoreError> {
+async fn write_metrics(conn: &mut SqliteConnection, rows: &[MetricRow]) -> Result<u64, StoreError> {
+    let mut stored = 0;
     for row in rows {
-        sqlx::query(
+        stored += sqlx::query(
             r#"insert into "AnalyticsMetrics"
                    ("id", "createdAt", "updatedAt", "analyticMetric", "value", "dataString", "userId")
                values ($1, $2, $2, $3, $4, $5, $6)
@@ -263,15 +264,17 @@ async fn write_metrics(conn: &mut SqliteConnection, rows: &[MetricRow]) -> Resul
         .bind(&row.metric.data_string)
         .bind(&row.user_id)
         .execute(&mut *conn)
-        .await?;
+        .await?
+        .rows_affected();
     }
-    Ok(())
+    Ok(stored)
 }
 
 /// Inserts the events on `conn` (the caller's transaction), `data` as JSON text.
-async fn write_events(conn: &mut SqliteConnection, rows: &[EventRow]) -> Result<(), StoreError> {
+async fn write_events(conn: &mut SqliteConnection, rows: &[EventRow]) -> Result<u64, StoreError> {
+    let mut stored = 0;
     for row in rows {
-        sqlx::query(
+        stored += sqlx::query(
             r#"insert into "AnalyticsDetails"
                    ("id", "createdAt", "updatedAt", "userId", "type", "data", "dataIndex")
                values ($1, $2, $2, $3, $4, $5, $6)
@@ -284,7 +287,8 @@ async fn write_events(conn: &mut SqliteConnection, rows: &[EventRow]) -> Result<
         .bind(&row.event.data_json)
         .bind(&row.event.data_index)
         .execute(&mut *conn)
-        .await?;
+        .await?
+        .rows_affected();
     }
-    Ok(())
+    Ok(stored)
 }

@@ -72,8 +72,11 @@ pub async fn database_ready(store: &dyn Store) -> Result<(), &'static str> {
     }
 }
 
-/// What the sink does differently for metrics and events.
-trait SinkRow: StreamRow + Clone {
+/// What the sink does differently for metrics and events (implemented for those two only).
+// Implemented here alone, for concrete row types: the handlers' futures are checked `Send`
+// where axum takes them.
+#[allow(async_fn_in_trait)]
+pub trait SinkRow: StreamRow + Clone {
     /// The endpoint an `Idempotency-Key` is scoped to.
     const ENDPOINT: &'static str;
     fn user_id(&self) -> &str;
@@ -140,25 +143,8 @@ impl SinkRow for EventRow {
 }
 
 impl Sink {
-    /// Stores one metric, under the request's `Idempotency-Key` when it has one.
-    pub async fn store_metric(
-        &self,
-        header: &IdempotencyHeader,
-        row: MetricRow,
-    ) -> Result<Outcome, Arc<StoreError>> {
-        self.store_one(header, row).await
-    }
-
-    /// As `store_metric`, for an analytics event.
-    pub async fn store_event(
-        &self,
-        header: &IdempotencyHeader,
-        row: EventRow,
-    ) -> Result<Outcome, Arc<StoreError>> {
-        self.store_one(header, row).await
-    }
-
-    async fn store_one<R: SinkRow>(
+    /// Stores one metric or event, under the request's `Idempotency-Key` when it has one.
+    pub async fn store<R: SinkRow>(
         &self,
         header: &IdempotencyHeader,
         row: R,
@@ -184,18 +170,9 @@ impl Sink {
         Ok(Outcome::of(keyed, id))
     }
 
-    /// Stores a batch endpoint's valid metrics. Direct mode: in one transaction, all or
-    /// none. Stream mode: on `Err` some may be in the stream (and will be loaded).
-    pub async fn store_metrics(&self, rows: &[MetricRow]) -> Result<(), StoreError> {
-        self.store_all(rows).await
-    }
-
-    /// As `store_metrics`, for analytics events.
-    pub async fn store_events(&self, rows: &[EventRow]) -> Result<(), StoreError> {
-        self.store_all(rows).await
-    }
-
-    async fn store_all<R: SinkRow>(&self, rows: &[R]) -> Result<(), StoreError> {
+    /// Stores a batch endpoint's valid rows. Direct mode: in one transaction, all or none.
+    /// Stream mode: on `Err` some may be in the stream (and will be loaded).
+    pub async fn store_batch<R: SinkRow>(&self, rows: &[R]) -> Result<(), StoreError> {
         match self {
             Sink::Direct { store, .. } => R::insert_all(store.as_ref(), rows).await,
             Sink::Stream { publisher, .. } => publisher.publisher.publish_all(rows).await,

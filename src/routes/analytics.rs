@@ -58,7 +58,7 @@ pub async fn log_raw_metric(
     let body = body.parse().await?;
     let metric = NewMetric::parse(&body.value).map_err(|errors| body.invalid(errors))?;
     let row = MetricRow::new(state.clock.now(), caller.user_id, metric);
-    let stored = state.sink.store_metric(&idempotency_key, row).await;
+    let stored = state.sink.store(&idempotency_key, row).await;
     answer(stored, &body.request, METRIC_HINT)
 }
 
@@ -107,7 +107,7 @@ pub async fn log_raw_analytics(
         }
     };
     let row = EventRow::new(state.clock.now(), caller.user_id, event);
-    let stored = state.sink.store_event(&idempotency_key, row).await;
+    let stored = state.sink.store(&idempotency_key, row).await;
     answer(stored, &request, ANALYTICS_HINT)
 }
 

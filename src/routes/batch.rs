@@ -157,7 +157,7 @@ pub async fn log_raw_metric_batch(
     if !rows.is_empty() {
         state
             .sink
-            .store_metrics(&rows)
+            .store_batch(&rows)
             .await
             .map_err(|e| ApiError::storage(e, METRIC_HINT))?;
     }
@@ -199,7 +199,7 @@ pub async fn log_raw_analytics_batch(
     if !rows.is_empty() {
         state
             .sink
-            .store_events(&rows)
+            .store_batch(&rows)
             .await
             .map_err(|e| ApiError::storage(e, ANALYTICS_HINT))?;
     }

@@ -20,7 +20,7 @@ pub const IDEMPOTENCY_BUCKET: &str = "analytics_idempotency";
 #[derive(Serialize, Deserialize)]
 struct Claim {
     body_hash: String,
-    row_id: String,
+    row_id: uuid::Uuid,
 }
 
 /// Publishes rows, with or without an `Idempotency-Key`.
@@ -58,7 +58,7 @@ impl KeyedPublisher {
         let entry = entry_name(user_id, endpoint, key);
         let claim = Claim {
             body_hash: body_hash(),
-            row_id: row.id().to_string(),
+            row_id: row.id(),
         };
         let value = serde_json::to_vec(&claim).expect("a claim serializes");
         // A claim that expires between `create` and `get` is claimed again.
@@ -70,7 +70,7 @@ impl KeyedPublisher {
                         let _ = self.claims.delete(&entry).await;
                         return Err(err);
                     }
-                    return Ok(Keyed::Stored(claim.row_id));
+                    return Ok(Keyed::Stored(claim.row_id.to_string()));
                 }
                 Err(err) if err.kind() == CreateErrorKind::AlreadyExists => {}
                 Err(err) => return Err(unavailable(&err)),
@@ -79,13 +79,13 @@ impl KeyedPublisher {
             let Some(standing) = standing else { continue };
             let standing: Claim = serde_json::from_slice(&standing)
                 .map_err(|_| StoreError::StreamUnavailable("unreadable claim".to_owned()))?;
-            let keyed =
-                replay_or_conflict(key, &claim.body_hash, (standing.body_hash, standing.row_id));
-            if let Keyed::Replayed(first_id) = &keyed {
-                let first = first_id
-                    .parse()
-                    .map_err(|_| StoreError::StreamUnavailable("unreadable claim".to_owned()))?;
-                self.publisher.publish(&row.clone().with_id(first)).await?;
+            let first_id = standing.row_id;
+            let standing = (standing.body_hash, first_id.to_string());
+            let keyed = replay_or_conflict(key, &claim.body_hash, standing);
+            if let Keyed::Replayed(_) = &keyed {
+                self.publisher
+                    .publish(&row.clone().with_id(first_id))
+                    .await?;
             }
             return Ok(keyed);
         }

@@ -3,9 +3,11 @@
 //! contract's invariants; a refused one renders a 422 body.
 #![no_main]
 
-use analytics_service::domain::{NewAnalyticsEvent, NewMetric, strip_control_chars_in_json};
+use analytics_service::domain::{
+    Body, FieldError, NewAnalyticsEvent, NewMetric, pyjson, strip_control_chars_in_json,
+};
 use analytics_service::idempotency::{event_hash, metric_hash};
-use analytics_service::routes::json::parse;
+use analytics_service::routes::json::{check, parse};
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 
@@ -15,13 +17,19 @@ fn clean(text: &str) -> bool {
         .any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r') && (c as u32) < 0x80)
 }
 
-/// The compact reader (no `Value` tree) may only answer what the general path answers.
-fn compact_reader_agrees(
-    body: &[u8],
-    general: &Result<NewAnalyticsEvent, Vec<analytics_service::domain::FieldError>>,
+/// The streaming reader (no `Value` tree) on the text answers what the tree answers:
+/// the same row, or errors of the same kinds at the same places.
+fn streaming_reader_agrees<T: PartialEq + std::fmt::Debug>(
+    streamed: &Result<T, Vec<FieldError>>,
+    from_tree: &Result<T, Vec<FieldError>>,
 ) {
-    if let Some(compact) = NewAnalyticsEvent::from_compact_body(body) {
-        assert_eq!(&Ok(compact), general, "the compact reader disagrees");
+    let places = |errors: &Vec<FieldError>| -> Vec<_> {
+        errors.iter().map(|e| (e.kind, e.loc.clone())).collect()
+    };
+    match (streamed, from_tree) {
+        (Ok(a), Ok(b)) => assert_eq!(a, b, "the streaming reader disagrees"),
+        (Err(a), Err(b)) => assert_eq!(places(a), places(b), "the streaming reader disagrees"),
+        _ => panic!("the streaming reader disagrees: {streamed:?} vs {from_tree:?}"),
     }
 }
 
@@ -38,6 +46,31 @@ fuzz_target!(|data: &[u8]| {
             return;
         }
     };
+    let text = String::from_utf8_lossy(body);
+    let streamed_body = if json {
+        check(&Bytes::copy_from_slice(body), true)
+            .map(|marked| (marked, pyjson::marked(body, marked)))
+    } else {
+        Ok((false, std::borrow::Cow::Borrowed(body)))
+    };
+    let (marked, marked_text) = streamed_body.expect("parse accepted it, so check does");
+    let marked_text = String::from_utf8_lossy(&marked_text).into_owned();
+    let streamed = |read: &dyn Fn(Body<'_>)| {
+        if json {
+            read(Body::json(&marked_text, marked))
+        } else {
+            read(Body::Text(&text))
+        }
+    };
+    streamed(&|read| {
+        streaming_reader_agrees(&NewMetric::from_body(read), &NewMetric::parse(&value))
+    });
+    streamed(&|read| {
+        streaming_reader_agrees(
+            &NewAnalyticsEvent::from_body(read),
+            &NewAnalyticsEvent::parse(&value),
+        )
+    });
     match NewMetric::parse(&value) {
         Ok(metric) => {
             assert!(metric.metric_value.is_finite() && metric.metric_value >= 0.0);
@@ -49,21 +82,7 @@ fuzz_target!(|data: &[u8]| {
             serde_json::to_string(&errors).expect("field errors serialize");
         }
     }
-    let general = NewAnalyticsEvent::parse(&value);
-    if json {
-        compact_reader_agrees(body, &general);
-        // Byte mutations rarely turn an object into an array of its values, which serde's
-        // derived readers take by position: try that shape of every object too.
-        if let Some(object) = value.as_object() {
-            let values: Vec<&serde_json::Value> = object.values().collect();
-            let reshaped = serde_json::to_vec(&values).expect("JSON values serialize");
-            let general = NewAnalyticsEvent::parse(&serde_json::Value::from(
-                values.into_iter().cloned().collect::<Vec<_>>(),
-            ));
-            compact_reader_agrees(&reshaped, &general);
-        }
-    }
-    match general {
+    match NewAnalyticsEvent::parse(&value) {
         Ok(event) => {
             assert!(clean(&event.event_type) && clean(&event.data_index));
             // Stripping again changes nothing: no NUL (or other stripped character) is left

@@ -1,19 +1,27 @@
 //! `log_raw_analytics`'s body: `{"type": str, "data": object, "data_index": str}`.
 
-use serde::Deserialize;
-use serde_json::value::RawValue;
-use serde_json::{Map, Value};
+use std::fmt;
 
+use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::Value;
+use serde_json::value::RawValue;
+
+use super::compact::{self, Stop, Style};
+use super::reader::{self, Kind, Text};
 use super::stored_form::is_stored_form;
-use super::{
-    FieldError, Location, MAX_LISTED_ERRORS, body_object, fields, input_of, pyjson,
-    strip_control_chars, strip_control_chars_in_map,
-};
+use super::{Body, FieldError, Fields, Location, MAX_LISTED_ERRORS, fields, pyjson};
 
 /// Most UTF-8 bytes in `type` and in `data_index`. Both are keys of PostgreSQL's b-tree index
 /// `"AnalyticsDetails_userId_type_dataIndex_idx"`, which refuses an entry over 2704 bytes (a
 /// 500 in the original); two fields of 1000 bytes plus a user id stay under it.
 pub const MAX_INDEXED_BYTES: usize = 1000;
+
+/// `data`'s stored form may be at most this many times its text as sent (plus
+/// [`STORED_SLACK_BYTES`]). Only numbers grow when written out (`1e15` is stored as
+/// `1000000000000000.0`): the cap keeps a body of such numbers from growing 4× in memory.
+pub const MAX_STORED_GROWTH: usize = 2;
+/// See [`MAX_STORED_GROWTH`].
+pub const STORED_SLACK_BYTES: usize = 64;
 
 /// An analytics event that passed validation, control characters already stripped.
 #[derive(Debug, Clone, PartialEq)]
@@ -28,159 +36,204 @@ pub struct NewAnalyticsEvent {
 }
 
 impl NewAnalyticsEvent {
-    /// Validates a JSON body, reporting every field error at once.
-    pub fn parse(body: &Value) -> Result<Self, Vec<FieldError>> {
-        let (event_type, data, data_index) = validate(body)?;
-        let mut data = data.clone();
-        strip_control_chars_in_map(&mut data);
-        Ok(NewAnalyticsEvent {
-            event_type: strip_control_chars(event_type),
-            data_json: serde_json::to_string(&data).expect("a JSON map always serializes"),
-            data_index: strip_control_chars(data_index),
-        })
-    }
-
-    /// The event of a body in the compact form browsers send, read straight from its bytes
-    /// without building a `Value` tree: `Some` only when the result is provably what
-    /// [`parse`](Self::parse) gives for the same body. `None` means "take the general path"
-    /// (which also produces any validation errors), never "invalid".
-    pub fn from_compact_body(body: &[u8]) -> Option<Self> {
-        if !pyjson::is_object_text(body) {
-            return None;
+    /// Validates a body, reporting every field error at once.
+    pub fn from_body(body: Body<'_>) -> Result<Self, Vec<FieldError>> {
+        let fields = Fields::read(
+            body,
+            "LogRawAnalyticsRequest",
+            ["type", "data", "data_index"],
+        )?;
+        let mut errors = Vec::new();
+        let event_type = indexed_string(&fields, 0, "type", &mut errors);
+        let data_json = data(&fields, "data", &mut errors);
+        let data_index = indexed_string(&fields, 2, "data_index", &mut errors);
+        match (event_type, data_json, data_index) {
+            (Some(event_type), Some(data_json), Some(data_index)) => Ok(NewAnalyticsEvent {
+                event_type,
+                data_json,
+                data_index,
+            }),
+            _ => Err(errors),
         }
-        let body: CompactBody<'_> = serde_json::from_slice(body).ok()?;
-        let data = body.data.get();
-        let indexed_fit = body.event_type.len() <= MAX_INDEXED_BYTES
-            && body.data_index.len() <= MAX_INDEXED_BYTES;
-        (indexed_fit && data.starts_with('{') && is_stored_form(data)).then(|| NewAnalyticsEvent {
-            event_type: strip_control_chars(body.event_type),
-            data_json: data.to_owned(),
-            data_index: strip_control_chars(body.data_index),
-        })
+    }
+
+    /// Validates a parsed body (its non-finite markers honoured): for tests and fuzz
+    /// targets, which build bodies as trees. Requests go through [`from_body`](Self::from_body).
+    pub fn parse(body: &Value) -> Result<Self, Vec<FieldError>> {
+        let text = serde_json::to_string(body).expect("a JSON value serializes");
+        Self::from_body(Body::json(&text, true))
     }
 }
 
-/// The three fields exactly, as borrowed strings: a string with escapes, a missing,
-/// repeated or unknown field or any other type fails to deserialize, and that body goes
-/// the general way.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CompactBody<'a> {
-    #[serde(rename = "type")]
-    event_type: &'a str,
-    #[serde(borrow)]
-    data: &'a RawValue,
-    data_index: &'a str,
-}
-
-/// `type`, `data` and `data_index`, borrowed from a valid body.
-type ValidFields<'a> = (&'a str, &'a Map<String, Value>, &'a str);
-
-/// The body's `type`, `data` and `data_index` when all are valid, else every field error.
-fn validate(body: &Value) -> Result<ValidFields<'_>, Vec<FieldError>> {
-    let object = body_object(body, "LogRawAnalyticsRequest")?;
-    let mut errors = Vec::new();
-    let event_type = indexed_string(object, "type", &mut errors);
-    let data = dict(object, "data", &mut errors);
-    let data_index = indexed_string(object, "data_index", &mut errors);
-    match (event_type, data, data_index) {
-        (Some(event_type), Some(data), Some(data_index)) => Ok((event_type, data, data_index)),
-        _ => Err(errors),
-    }
-}
-
-fn indexed_string<'a>(
-    object: &'a Map<String, Value>,
+/// A string of at most [`MAX_INDEXED_BYTES`] as sent.
+fn indexed_string<const N: usize>(
+    fields: &Fields<'_, N>,
+    index: usize,
     field: &str,
     errors: &mut Vec<FieldError>,
-) -> Option<&'a str> {
-    let value = fields::string(object, field, 0, errors)?;
-    if value.len() > MAX_INDEXED_BYTES {
-        errors.push(FieldError::string_too_long_bytes(
-            field,
-            &object[field],
-            MAX_INDEXED_BYTES,
-        ));
+) -> Option<String> {
+    fields::string(fields, index, field, 0, MAX_INDEXED_BYTES, errors)
+}
+
+/// `data`'s stored form: an object without non-finite numbers, written compactly with
+/// control characters stripped.
+fn data<const N: usize>(
+    fields: &Fields<'_, N>,
+    field: &'static str,
+    errors: &mut Vec<FieldError>,
+) -> Option<String> {
+    let Some(raw) = fields.raw(1) else {
+        errors.push(fields.missing(field));
+        return None;
+    };
+    let text = raw.get();
+    if reader::kind(text) != Kind::Object {
+        errors.push(FieldError::dict_type(field, fields.echo(raw)));
         return None;
     }
-    Some(value)
-}
-
-fn dict<'a>(
-    object: &'a Map<String, Value>,
-    field: &'a str,
-    errors: &mut Vec<FieldError>,
-) -> Option<&'a Map<String, Value>> {
-    match object.get(field) {
-        None => {
-            errors.push(FieldError::missing(field, object));
+    // Markers exist only in a marked text, so only there is `data` searched for them.
+    if fields.marked() {
+        let found = non_finite_numbers(raw, field, errors);
+        if found > MAX_LISTED_ERRORS {
+            let loc = vec![Location::from("body"), Location::from(field)];
+            errors.push(FieldError::omitted(loc, found - MAX_LISTED_ERRORS));
+        }
+        if found > 0 {
+            return None;
+        }
+    }
+    // Compact browser JSON is already its stored form.
+    if is_stored_form(text) {
+        return Some(text.to_owned());
+    }
+    let style = Style {
+        strip: true,
+        merge_repeated_keys: true,
+        max_len: MAX_STORED_GROWTH * text.len() + STORED_SLACK_BYTES,
+        hidden_key: None,
+    };
+    match compact::write(text, style, text.len()) {
+        Ok(stored) => Some(stored),
+        Err(Stop::TooLong(_)) => {
+            errors.push(FieldError::stored_too_long(field, style.max_len));
             None
         }
-        Some(data @ Value::Object(map)) => {
-            let mut search = NonFiniteSearch {
-                path: vec![Step::Key("body"), Step::Key(field)],
-                found: 0,
-                errors,
-            };
-            search.visit(data);
-            let found = search.found;
-            if found > MAX_LISTED_ERRORS {
-                let loc = vec![Location::from("body"), Location::from(field)];
-                errors.push(FieldError::omitted(loc, found - MAX_LISTED_ERRORS));
-            }
-            (found == 0).then_some(map)
-        }
-        Some(other) => {
-            errors.push(FieldError::dict_type(field, other));
+        Err(Stop::Json(err)) => {
+            errors.push(super::unreadable(&err));
             None
         }
     }
-}
-
-/// One step of the path to a value, borrowed from the body: owned `loc`s are built only
-/// for the errors listed.
-#[derive(Clone, Copy)]
-enum Step<'a> {
-    Key(&'a str),
-    Index(usize),
 }
 
 /// Python would have stored NaN/Infinity and PostgreSQL's JSONB refused them (a 500); here
 /// they are a 422 naming where they are. Every one is counted, the first
 /// [`MAX_LISTED_ERRORS`] are reported: a body of many such tokens costs neither time nor
-/// memory per token beyond the walk.
+/// memory per token beyond the walk. Returns how many were found.
+fn non_finite_numbers(raw: &RawValue, field: &'static str, errors: &mut Vec<FieldError>) -> usize {
+    let mut search = NonFiniteSearch {
+        path: vec![
+            Step::Key(Text("body".into())),
+            Step::Key(Text(field.into())),
+        ],
+        found: 0,
+        errors,
+    };
+    let mut deserializer = serde_json::Deserializer::from_str(raw.get());
+    if let Err(err) = Visit(&mut search).deserialize(&mut deserializer) {
+        search.errors.push(super::unreadable(&err));
+    }
+    search.found
+}
+
+/// One step of the path to a value: owned `loc`s are built only for the errors listed.
+enum Step<'a> {
+    Key(Text<'a>),
+    Index(usize),
+}
+
 struct NonFiniteSearch<'a, 'e> {
     path: Vec<Step<'a>>,
     found: usize,
     errors: &'e mut Vec<FieldError>,
 }
 
-impl<'a> NonFiniteSearch<'a, '_> {
-    fn visit(&mut self, value: &'a Value) {
-        match value {
-            Value::Object(map) => map.iter().for_each(|(key, item)| {
-                self.path.push(Step::Key(key));
-                self.visit(item);
-                self.path.pop();
-            }),
-            Value::Array(items) => items.iter().enumerate().for_each(|(index, item)| {
-                self.path.push(Step::Index(index));
-                self.visit(item);
-                self.path.pop();
-            }),
-            other if pyjson::non_finite_token(other).is_some() => {
-                self.found += 1;
-                if self.found <= MAX_LISTED_ERRORS {
-                    let loc = self.path.iter().map(|step| match *step {
-                        Step::Key(key) => Location::from(key),
-                        Step::Index(index) => Location::Index(index),
-                    });
-                    let error = FieldError::finite_number_at(loc.collect(), &input_of(other));
-                    self.errors.push(error);
-                }
-            }
-            _ => {}
+impl NonFiniteSearch<'_, '_> {
+    fn string(&mut self, text: &str) {
+        let Some(token) = pyjson::non_finite_str(text) else {
+            return;
+        };
+        self.found += 1;
+        if self.found <= MAX_LISTED_ERRORS {
+            let loc = self.path.iter().map(|step| match step {
+                Step::Key(key) => Location::cut_key(&key.0),
+                Step::Index(index) => Location::Index(*index),
+            });
+            let error =
+                FieldError::finite_number_at(loc.collect(), Value::String(token.to_owned()));
+            self.errors.push(error);
         }
+    }
+}
+
+/// Walks one value of the search.
+struct Visit<'s, 'a, 'e>(&'s mut NonFiniteSearch<'a, 'e>);
+
+impl<'de, 'e> DeserializeSeed<'de> for Visit<'_, 'de, 'e> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de, 'e> Visitor<'de> for Visit<'_, 'de, 'e> {
+    type Value = ();
+
+    fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+        formatter.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E>(self, text: &str) -> Result<(), E> {
+        self.0.string(text);
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let mut index = 0;
+        self.0.path.push(Step::Index(0));
+        loop {
+            *self.0.path.last_mut().expect("pushed above") = Step::Index(index);
+            if seq.next_element_seed(Visit(&mut *self.0))?.is_none() {
+                break;
+            }
+            index += 1;
+        }
+        self.0.path.pop();
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(key) = map.next_key::<Text<'de>>()? {
+            self.0.path.push(Step::Key(key));
+            map.next_value_seed(Visit(&mut *self.0))?;
+            self.0.path.pop();
+        }
+        Ok(())
     }
 }
 
@@ -240,44 +293,5 @@ mod tests {
 
         assert_eq!(event.event_type, "t");
         assert_eq!(event.data_json, r#"{"k":"v"}"#);
-    }
-
-    #[test]
-    fn a_compact_body_gives_what_the_general_path_gives() {
-        let body = "{\"type\":\"t\u{7f}\",\"data\":{\"a\":{\"b\":[1,\"c\",2.5,null]},\"n\":-3},\"data_index\":\"i\"}";
-
-        let compact = NewAnalyticsEvent::from_compact_body(body.as_bytes()).unwrap();
-
-        let general = NewAnalyticsEvent::parse(&serde_json::from_str(body).unwrap()).unwrap();
-        assert_eq!(compact, general);
-        assert_eq!(compact.event_type, "t");
-    }
-
-    #[test]
-    fn bodies_the_compact_reader_cannot_vouch_for_take_the_general_path() {
-        let long = "x".repeat(MAX_INDEXED_BYTES + 1);
-        for body in [
-            r#"{"type":"t","data":{"a":1},"data_index":"i","extra":1}"#.to_owned(),
-            r#"{"type":"t","data":{"a":1}}"#.to_owned(),
-            r#"{"type":"t","type":"u","data":{},"data_index":"i"}"#.to_owned(),
-            r#"{"type":"t\n","data":{},"data_index":"i"}"#.to_owned(),
-            r#"{"type":"t","data":[],"data_index":"i"}"#.to_owned(),
-            r#"{"type":"t","data":{"a": 1},"data_index":"i"}"#.to_owned(),
-            r#"{"type":5,"data":{},"data_index":"i"}"#.to_owned(),
-            format!(r#"{{"type":"{long}","data":{{}},"data_index":"i"}}"#),
-            // Not an object: serde's derived reader would take an array by position.
-            r#"["home",{"a":1},"idx"]"#.to_owned(),
-            r#" ["0",{},"0"]"#.to_owned(),
-            r#"[{"type":"t","data":{},"data_index":"i"}]"#.to_owned(),
-            r#""x""#.to_owned(),
-            "null".to_owned(),
-            "1".to_owned(),
-        ] {
-            assert_eq!(
-                NewAnalyticsEvent::from_compact_body(body.as_bytes()),
-                None,
-                "{body}"
-            );
-        }
     }
 }

@@ -3,7 +3,7 @@
 use std::io::Write;
 
 use serde::Serialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 /// Most errors one answer lists (per item of a batch); the rest are counted, not listed.
 pub const MAX_LISTED_ERRORS: usize = 20;
@@ -11,7 +11,7 @@ pub const MAX_LISTED_ERRORS: usize = 20;
 /// within 64 KiB whatever the input.
 pub const MAX_DETAIL_BYTES: usize = 60 * 1024;
 /// An echoed `input` longer than this as JSON is cut to this many bytes (and marked `…`).
-const MAX_INPUT_BYTES: usize = 1024;
+pub(crate) const MAX_INPUT_BYTES: usize = 1024;
 /// A `loc` key longer than this is cut to it (and marked `…`).
 const MAX_KEY_BYTES: usize = 128;
 /// The `type` of the entry that counts the errors left out.
@@ -30,6 +30,19 @@ pub enum Location {
 impl From<&str> for Location {
     fn from(key: &str) -> Self {
         Location::Key(key.to_owned())
+    }
+}
+
+impl Location {
+    /// A key of the body as an answer shows it, cut before it is copied.
+    pub fn cut_key(key: &str) -> Self {
+        if key.len() <= MAX_KEY_BYTES {
+            return Location::Key(key.to_owned());
+        }
+        Location::Key(format!(
+            "{}…",
+            &key[..key.floor_char_boundary(MAX_KEY_BYTES)]
+        ))
     }
 }
 
@@ -71,100 +84,99 @@ impl FieldError {
         self
     }
 
-    /// A required field is absent; `input` is the whole body object.
-    pub fn missing(field: &str, body: &Map<String, Value>) -> Self {
-        Self::at(
-            field,
-            "missing",
-            "Field required",
-            Value::Object(body.clone()),
-        )
+    /// A required field is absent; `input` is (the echo of) the whole body object.
+    pub fn missing(field: &str, body: Value) -> Self {
+        Self::at(field, "missing", "Field required", body)
     }
 
     /// The string is longer than `max_bytes` bytes of UTF-8.
-    pub fn string_too_long_bytes(field: &str, input: &Value, max_bytes: usize) -> Self {
+    pub fn string_too_long_bytes(field: &str, input: Value, max_bytes: usize) -> Self {
         let msg = format!("String should have at most {max_bytes} bytes (UTF-8)");
-        Self::at(field, "string_too_long", &msg, input.clone())
-            .with_ctx(json!({ "max_length": max_bytes }))
+        Self::at(field, "string_too_long", &msg, input).with_ctx(json!({ "max_length": max_bytes }))
     }
 
     /// The value is not a string.
-    pub fn string_type(field: &str, input: &Value) -> Self {
+    pub fn string_type(field: &str, input: Value) -> Self {
         Self::at(
             field,
             "string_type",
             "Input should be a valid string",
-            input.clone(),
+            input,
         )
     }
 
     /// The string is shorter than `min_length` characters.
-    pub fn string_too_short(field: &str, input: &Value, min_length: usize) -> Self {
+    pub fn string_too_short(field: &str, input: Value, min_length: usize) -> Self {
         let msg = format!(
             "String should have at least {min_length} character{}",
             if min_length == 1 { "" } else { "s" }
         );
-        Self::at(field, "string_too_short", &msg, input.clone())
+        Self::at(field, "string_too_short", &msg, input)
             .with_ctx(json!({ "min_length": min_length }))
     }
 
     /// The value is neither a number nor a numeric string.
-    pub fn float_type(field: &str, input: &Value) -> Self {
-        Self::at(
-            field,
-            "float_type",
-            "Input should be a valid number",
-            input.clone(),
-        )
+    pub fn float_type(field: &str, input: Value) -> Self {
+        Self::at(field, "float_type", "Input should be a valid number", input)
     }
 
     /// A string that does not parse as a number.
-    pub fn float_parsing(field: &str, input: &Value) -> Self {
+    pub fn float_parsing(field: &str, input: Value) -> Self {
         Self::at(
             field,
             "float_parsing",
             "Input should be a valid number, unable to parse string as a number",
-            input.clone(),
+            input,
         )
     }
 
     /// A non-finite number somewhere inside a field (`loc` is the full path).
-    pub fn finite_number_at(loc: Vec<Location>, input: &Value) -> Self {
+    pub fn finite_number_at(loc: Vec<Location>, input: Value) -> Self {
         FieldError {
             kind: "finite_number",
             loc,
             msg: "Input should be a finite number".to_owned(),
-            input: input.clone(),
+            input,
             ctx: None,
         }
     }
 
     /// NaN, an infinity, or a number beyond f64's range.
-    pub fn finite_number(field: &str, input: &Value) -> Self {
+    pub fn finite_number(field: &str, input: Value) -> Self {
         Self::at(
             field,
             "finite_number",
             "Input should be a finite number",
-            input.clone(),
+            input,
         )
     }
 
     /// A number below the allowed minimum.
-    pub fn greater_than_equal(field: &str, input: &Value, ge: f64) -> Self {
+    pub fn greater_than_equal(field: &str, input: Value, ge: f64) -> Self {
         let msg = format!(
             "Input should be greater than or equal to {}",
             fmt_number(ge)
         );
-        Self::at(field, "greater_than_equal", &msg, input.clone()).with_ctx(json!({ "ge": ge }))
+        Self::at(field, "greater_than_equal", &msg, input).with_ctx(json!({ "ge": ge }))
+    }
+
+    /// `data`'s stored form would pass `max_bytes` (its numbers written out in full).
+    pub fn stored_too_long(field: &str, max_bytes: usize) -> Self {
+        let msg = format!(
+            "Value error, stored as JSON it would take more than {max_bytes} bytes \
+             (twice its size as sent; numbers such as 1e15 are written out in full)"
+        );
+        Self::at(field, "value_error", &msg, Value::Null)
+            .with_ctx(json!({ "max_stored_bytes": max_bytes }))
     }
 
     /// The value is not a JSON object.
-    pub fn dict_type(field: &str, input: &Value) -> Self {
+    pub fn dict_type(field: &str, input: Value) -> Self {
         Self::at(
             field,
             "dict_type",
             "Input should be a valid dictionary",
-            input.clone(),
+            input,
         )
     }
 
@@ -282,7 +294,7 @@ impl DetailBudget {
 }
 
 /// `text` cut to at most `max_bytes` (on a character boundary) and marked `…`.
-fn cut(text: &mut String, max_bytes: usize) {
+pub(crate) fn cut(text: &mut String, max_bytes: usize) {
     if text.len() > max_bytes {
         text.truncate(text.floor_char_boundary(max_bytes));
         text.push('…');
@@ -367,7 +379,7 @@ mod tests {
     use super::*;
 
     fn finite_number_at(key: &str, input: Value) -> FieldError {
-        FieldError::finite_number_at(vec!["body".into(), "data".into(), key.into()], &input)
+        FieldError::finite_number_at(vec!["body".into(), "data".into(), key.into()], input)
     }
 
     #[test]
@@ -424,7 +436,7 @@ mod tests {
         let deep_loc: Vec<Location> = std::iter::once("body".into())
             .chain((0..120).map(|_| Location::Key("k".repeat(1000))))
             .collect();
-        let error = FieldError::finite_number_at(deep_loc, &json!("x".repeat(10_000)));
+        let error = FieldError::finite_number_at(deep_loc, json!("x".repeat(10_000)));
 
         let items: Vec<Vec<FieldError>> = (0..100)
             .map(|item| budget.list(vec![error.clone(); 30], vec![Location::Index(item)]))

@@ -1,8 +1,10 @@
 //! `log_raw_metric`'s body: `{"metric_name": str, "metric_value": number, "data_string": str}`.
 
-use serde_json::{Map, Value};
+use serde_json::Value;
+use serde_json::value::RawValue;
 
-use super::{FieldError, body_object, fields, input_of, pyjson, strip_control_chars};
+use super::reader::{self, Kind};
+use super::{Body, FieldError, Fields, fields, pyjson};
 
 /// A metric that passed validation, control characters already stripped.
 #[derive(Debug, Clone, PartialEq)]
@@ -16,56 +18,74 @@ pub struct NewMetric {
 }
 
 impl NewMetric {
-    /// Validates a JSON body, reporting every field error at once.
-    pub fn parse(body: &Value) -> Result<Self, Vec<FieldError>> {
-        let object = body_object(body, "LogRawMetricRequest")?;
+    /// Validates a body, reporting every field error at once.
+    pub fn from_body(body: Body<'_>) -> Result<Self, Vec<FieldError>> {
+        let fields = Fields::read(
+            body,
+            "LogRawMetricRequest",
+            ["metric_name", "metric_value", "data_string"],
+        )?;
         let mut errors = Vec::new();
-        let metric_name = fields::string(object, "metric_name", 1, &mut errors);
-        let metric_value = non_negative_number(object, "metric_value", &mut errors);
-        let data_string = fields::string(object, "data_string", 1, &mut errors);
+        let metric_name = fields::string(&fields, 0, "metric_name", 1, usize::MAX, &mut errors);
+        let metric_value = non_negative_number(&fields, "metric_value", &mut errors);
+        let data_string = fields::string(&fields, 2, "data_string", 1, usize::MAX, &mut errors);
         match (metric_name, metric_value, data_string) {
             (Some(metric_name), Some(metric_value), Some(data_string)) => Ok(NewMetric {
-                metric_name: strip_control_chars(metric_name),
+                metric_name,
                 metric_value,
-                data_string: strip_control_chars(data_string),
+                data_string,
             }),
             _ => Err(errors),
         }
     }
+
+    /// Validates a parsed body (its non-finite markers honoured): for tests and fuzz
+    /// targets, which build bodies as trees. Requests go through [`from_body`](Self::from_body).
+    pub fn parse(body: &Value) -> Result<Self, Vec<FieldError>> {
+        let text = serde_json::to_string(body).expect("a JSON value serializes");
+        Self::from_body(Body::json(&text, true))
+    }
 }
 
 /// A finite number ≥ 0; like pydantic in lax mode, a numeric string is converted.
-fn non_negative_number(
-    object: &Map<String, Value>,
+fn non_negative_number<const N: usize>(
+    fields: &Fields<'_, N>,
     field: &str,
     errors: &mut Vec<FieldError>,
 ) -> Option<f64> {
-    let Some(input) = object.get(field) else {
-        errors.push(FieldError::missing(field, object));
+    let Some(raw) = fields.raw(1) else {
+        errors.push(fields.missing(field));
         return None;
     };
-    if pyjson::non_finite_token(input).is_some() {
-        errors.push(FieldError::finite_number(field, &input_of(input)));
-        return None;
-    }
-    let parsed = match input {
-        Value::Number(n) => n.as_f64().ok_or(FieldError::finite_number(field, input)),
-        Value::String(s) => s
-            .trim()
-            .parse::<f64>()
-            .map_err(|_| FieldError::float_parsing(field, input)),
-        _ => Err(FieldError::float_type(field, input)),
-    };
-    let checked = parsed.and_then(|value| {
-        if !value.is_finite() {
-            Err(FieldError::finite_number(field, input))
-        } else if value < 0.0 {
-            Err(FieldError::greater_than_equal(field, input, 0.0))
-        } else {
-            Ok(value)
+    number(fields, raw, field).map_err(|e| errors.push(e)).ok()
+}
+
+fn number<const N: usize>(
+    fields: &Fields<'_, N>,
+    raw: &RawValue,
+    field: &str,
+) -> Result<f64, FieldError> {
+    let value = match reader::kind(raw.get()) {
+        Kind::Number => serde_json::from_str::<f64>(raw.get())
+            .map_err(|_| FieldError::finite_number(field, fields.echo(raw)))?,
+        Kind::String => {
+            let text = reader::string(raw).unwrap_or_default();
+            if fields.marked() && pyjson::non_finite_str(&text).is_some() {
+                return Err(FieldError::finite_number(field, fields.echo(raw)));
+            }
+            text.trim()
+                .parse::<f64>()
+                .map_err(|_| FieldError::float_parsing(field, fields.echo(raw)))?
         }
-    });
-    checked.map_err(|e| errors.push(e)).ok()
+        _ => return Err(FieldError::float_type(field, fields.echo(raw))),
+    };
+    if !value.is_finite() {
+        Err(FieldError::finite_number(field, fields.echo(raw)))
+    } else if value < 0.0 {
+        Err(FieldError::greater_than_equal(field, fields.echo(raw), 0.0))
+    } else {
+        Ok(value)
+    }
 }
 
 #[cfg(test)]

@@ -3,15 +3,23 @@
 //! such bodies get the original's validation error (`finite_number`) instead of
 //! `json_invalid`, a body serde_json refuses is re-read with those tokens replaced by
 //! marker strings, which validation recognises.
+//!
+//! A marker is the token itself behind one DEL character (`"\u{7f}NaN"`): at most 3 bytes
+//! more than the token, so a marked text is at most 1.75× the body (`NaN,` → `"␡NaN",`).
+//! Markers are looked for only in a text that was marked, and only a string that is DEL
+//! followed by exactly such a token counts as one.
 
-use serde::de::IgnoredAny;
+use std::borrow::Cow;
+
+use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
-/// Prefix of the marker string standing for a non-finite number. U+0000 cannot survive
-/// into storage (it is stripped), so no stored value is ever mistaken for a marker.
-const MARKER: &str = "\u{0}non-finite:";
+/// The character a marker starts with. It is stripped before storage, so no stored value
+/// reads as a marker.
+const MARKER: char = '\u{7f}';
 
-/// Parses like Python's `json.loads`; the error is serde_json's for the original text.
+/// Parses like Python's `json.loads` into a tree: the reference reading, for tests and
+/// fuzz targets (requests are read without a tree: see [`check`] and `domain::Body`).
 pub fn parse(body: &[u8]) -> Result<Value, serde_json::Error> {
     serde_json::from_slice(body).or_else(|err| match mark_non_finite(body) {
         Some(rewritten) => serde_json::from_slice(&rewritten).map_err(|_| err),
@@ -19,35 +27,86 @@ pub fn parse(body: &[u8]) -> Result<Value, serde_json::Error> {
     })
 }
 
-/// Whether `body` is JSON as [`parse`] reads it, checked without building a tree (so a
-/// request is refused for bad syntax before it is authenticated, at the cost of a walk).
-/// Strings are not checked for UTF-8 here, nor nesting depth: [`parse`] still refuses those.
-pub fn check(body: &[u8]) -> Result<(), serde_json::Error> {
-    let ignore = |bytes: &[u8]| serde_json::from_slice::<IgnoredAny>(bytes).map(drop);
-    ignore(body).or_else(|err| match mark_non_finite(body) {
-        Some(rewritten) => ignore(&rewritten).map_err(|_| err),
-        None => Err(err),
-    })
+/// Whether `body` is JSON exactly as [`parse`] reads it (the same error for the same body,
+/// nesting and lone surrogates included), found without building a tree: every value is
+/// visited and dropped. `Ok(true)` when the body holds non-finite tokens, which
+/// [`marked`] then marks.
+pub fn check(body: &[u8]) -> Result<bool, serde_json::Error> {
+    let visit = |bytes: &[u8]| serde_json::from_slice::<Skip>(bytes).map(drop);
+    match visit(body) {
+        Ok(()) => Ok(false),
+        Err(err) => match mark_non_finite(body) {
+            Some(rewritten) => visit(&rewritten).map(|()| true).map_err(|_| err),
+            None => Err(err),
+        },
+    }
+}
+
+/// The text to read a checked body from: the body itself, or, when [`check`] found
+/// non-finite tokens, the body with them marked.
+pub fn marked(body: &[u8], has_non_finite: bool) -> Cow<'_, [u8]> {
+    match has_non_finite.then(|| mark_non_finite(body)).flatten() {
+        Some(rewritten) => Cow::Owned(rewritten),
+        None => Cow::Borrowed(body),
+    }
 }
 
 /// Whether a JSON text's first token (after JSON's whitespace) opens an object. serde's
 /// derived struct readers also take an array, with the fields by position, which FastAPI
 /// refuses: a reader that skips the `Value` tree must look here first.
 pub fn is_object_text(text: &[u8]) -> bool {
+    first_byte(text) == Some(b'{')
+}
+
+/// The first byte of a JSON text after JSON's whitespace.
+pub fn first_byte(text: &[u8]) -> Option<u8> {
     text.iter()
         .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
-        .is_some_and(|&b| b == b'{')
+        .copied()
 }
 
 /// The original token (`NaN`, `Infinity`, `1e999`, …) when `value` is a marker.
 pub fn non_finite_token(value: &Value) -> Option<&str> {
-    value.as_str()?.strip_prefix(MARKER)
+    non_finite_str(value.as_str()?)
+}
+
+/// The original token when the string `text` is a marker.
+pub fn non_finite_str(text: &str) -> Option<&str> {
+    text.strip_prefix(MARKER)
+        .filter(|token| is_non_finite(token))
+}
+
+fn is_non_finite(token: &str) -> bool {
+    matches!(token, "NaN" | "Infinity" | "-Infinity")
+        || (token
+            .bytes()
+            .all(|b| b.is_ascii_digit() || matches!(b, b'-' | b'+' | b'.' | b'e' | b'E'))
+            && token.parse::<f64>().is_ok_and(f64::is_infinite))
 }
 
 /// The text with non-finite tokens outside strings replaced by markers; None if it has none.
+/// Sized exactly before it is written (a first pass counts), so it never holds more than
+/// the marked text.
 fn mark_non_finite(body: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(body.len() + 32);
+    let mut len = 0;
+    let found = rewrite(body, |piece| len += piece.len());
+    if !found {
+        return None;
+    }
+    let mut out = Vec::with_capacity(len);
+    rewrite(body, |piece| out.extend_from_slice(piece));
+    Some(out)
+}
+
+/// Hands the pieces of the marked text to `emit`; whether any token was marked.
+fn rewrite(body: &[u8], mut emit: impl FnMut(&[u8])) -> bool {
     let mut found = false;
+    let marker = |token: &[u8], emit: &mut dyn FnMut(&[u8])| {
+        // `"`, then DEL (one byte in UTF-8), the token and the closing quote.
+        emit(b"\"\x7f");
+        emit(token);
+        emit(b"\"");
+    };
     let mut i = 0;
     while i < body.len() {
         let rest = &body[i..];
@@ -58,7 +117,7 @@ fn mark_non_finite(body: &[u8]) -> Option<Vec<u8>> {
             .find(|t| rest.starts_with(t.as_bytes()))
             .map(|t| t.len())
         {
-            push_marker(&mut out, &rest[..len]);
+            marker(&rest[..len], &mut emit);
             found = true;
             i += len;
             continue;
@@ -69,7 +128,7 @@ fn mark_non_finite(body: &[u8]) -> Option<Vec<u8>> {
                 .count();
             let token = std::str::from_utf8(&rest[..len]).unwrap_or_default();
             if token.parse::<f64>().is_ok_and(f64::is_infinite) {
-                push_marker(&mut out, &rest[..len]);
+                marker(&rest[..len], &mut emit);
                 found = true;
                 i += len;
                 continue;
@@ -78,10 +137,10 @@ fn mark_non_finite(body: &[u8]) -> Option<Vec<u8>> {
         } else {
             1
         };
-        out.extend_from_slice(&rest[..token_len]);
+        emit(&rest[..token_len]);
         i += token_len;
     }
-    found.then_some(out)
+    found
 }
 
 /// Length of the string literal at the start of `text`, quotes included (or all of it).
@@ -97,10 +156,50 @@ fn string_len(text: &[u8]) -> usize {
     text.len()
 }
 
-fn push_marker(out: &mut Vec<u8>, token: &[u8]) {
-    out.extend_from_slice(b"\"\\u0000non-finite:");
-    out.extend_from_slice(token);
-    out.push(b'"');
+/// Any JSON value, visited the way `Value` is read (so with the same errors) and dropped.
+struct Skip;
+
+impl<'de> Deserialize<'de> for Skip {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(Skip)
+    }
+}
+
+impl<'de> Visitor<'de> for Skip {
+    type Value = Skip;
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+        formatter.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+    fn visit_unit<E>(self) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Skip, A::Error> {
+        while seq.next_element::<Skip>()?.is_some() {}
+        Ok(Skip)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Skip, A::Error> {
+        while map.next_key::<Skip>()?.is_some() {
+            map.next_value::<Skip>()?;
+        }
+        Ok(Skip)
+    }
 }
 
 #[cfg(test)]
@@ -132,5 +231,41 @@ mod tests {
         let err = parse(br#"{"a": NaN,,}"#).unwrap_err();
 
         assert_eq!(err.column(), 7);
+    }
+
+    #[test]
+    fn a_marked_text_is_at_most_seven_quarters_of_the_body() {
+        let body = format!("[{}NaN]", "NaN,".repeat(1000));
+
+        let marked = marked(body.as_bytes(), true);
+
+        assert!(marked.len() * 4 <= body.len() * 7, "{} bytes", marked.len());
+        assert!(check(body.as_bytes()).unwrap());
+    }
+
+    #[test]
+    fn check_refuses_exactly_what_parse_refuses() {
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        for body in [
+            deep.as_str(),
+            r#"{"a": "\ud800"}"#,
+            r#"{"a": NaN,,}"#,
+            r#"{"a": 1} x"#,
+            r#"{"a": [1, 2, NaN, 1e999]}"#,
+            r#"{"a": "x"}"#,
+        ] {
+            let parsed = parse(body.as_bytes()).map(drop).map_err(|e| e.to_string());
+            let checked = check(body.as_bytes()).map(drop).map_err(|e| e.to_string());
+            assert_eq!(checked, parsed, "{body}");
+        }
+    }
+
+    #[test]
+    fn only_a_whole_token_behind_the_marker_counts() {
+        assert_eq!(non_finite_str("\u{7f}NaN"), Some("NaN"));
+        assert_eq!(non_finite_str("\u{7f}1e999"), Some("1e999"));
+        assert_eq!(non_finite_str("\u{7f}NaNx"), None);
+        assert_eq!(non_finite_str("\u{7f}12"), None);
+        assert_eq!(non_finite_str("NaN"), None);
     }
 }

@@ -1,6 +1,8 @@
 //! Control-character stripping: PostgreSQL's JSONB cannot hold U+0000, and the other C0
 //! controls (bar tab, LF, CR) and DEL are never meaningful in analytics data.
 
+use std::borrow::Cow;
+
 use serde_json::{Map, Value};
 
 fn is_stripped(c: char) -> bool {
@@ -9,10 +11,26 @@ fn is_stripped(c: char) -> bool {
 
 /// `text` without U+0000–U+0008, U+000B, U+000C, U+000E–U+001F and U+007F.
 pub fn strip_control_chars(text: &str) -> String {
+    stripped(text).into_owned()
+}
+
+/// [`strip_control_chars`] without a copy when there is nothing to strip.
+pub(crate) fn stripped(text: &str) -> Cow<'_, str> {
     if text.chars().any(is_stripped) {
-        text.chars().filter(|c| !is_stripped(*c)).collect()
+        Cow::Owned(text.chars().filter(|c| !is_stripped(*c)).collect())
     } else {
-        text.to_owned()
+        Cow::Borrowed(text)
+    }
+}
+
+/// [`strip_control_chars`] of a string read from a body, in place when it is owned.
+pub(crate) fn into_stripped(text: Cow<'_, str>) -> String {
+    match text {
+        Cow::Borrowed(text) => strip_control_chars(text),
+        Cow::Owned(mut text) => {
+            text.retain(|c| !is_stripped(c));
+            text
+        }
     }
 }
 

@@ -19,7 +19,7 @@ use super::AppState;
 use super::json::CheckedBody;
 use crate::alerts::{Alert, AlertError, DiscordChannel};
 use crate::auth::{AuthError, Caller};
-use crate::domain::FieldError;
+use crate::domain::{Body, FieldError, Fields};
 use crate::edge::{client_ip_of, limit_key};
 use crate::error::{ApiError, StorageFailure};
 use crate::wire::{Detail, ValidationErrorBody};
@@ -59,8 +59,8 @@ pub async fn send_discord_alert(
     _sender: AlertSender,
     body: CheckedBody,
 ) -> Result<Json<AlertSent>, AlertRouteError> {
-    let body = body.parse().await?;
-    let (channel, content) = parse(&body.value).map_err(|errors| body.invalid(errors))?;
+    let parsed = body.read(parse).await;
+    let (channel, content) = parsed.map_err(|errors| body.invalid(errors))?;
     let alerter = state.alerts.as_ref().ok_or(AlertError::NotConfigured)?;
     let answer = match alerter.send(channel, &content).await? {
         Alert::Sent {
@@ -168,55 +168,55 @@ fn is_api_key(state: &AppState, given: &HeaderValue) -> bool {
 }
 
 /// The body `{"content": str, "channel": "platform" | "product"}`, every field error at once.
-fn parse(body: &Value) -> Result<(DiscordChannel, String), Vec<FieldError>> {
-    let Some(object) = body.as_object() else {
-        return Err(vec![FieldError::model_type(
-            "DiscordAlertRequest",
-            body.clone(),
-        )]);
-    };
+fn parse(body: Body<'_>) -> Result<(DiscordChannel, String), Vec<FieldError>> {
+    let fields = Fields::read(body, "DiscordAlertRequest", ["content", "channel"])?;
     let mut errors = Vec::new();
-    let content = match object.get("content") {
+    let content = match fields.raw(0) {
         None => {
-            errors.push(FieldError::missing("content", object));
+            errors.push(fields.missing("content"));
             None
         }
-        Some(Value::String(text)) if text.trim().is_empty() => {
-            errors.push(field_error(
-                "content",
-                "value_error",
-                "Value error, Message content is empty",
-                text,
-                json!({ "error": {} }),
-            ));
-            None
-        }
-        Some(Value::String(text)) if text.chars().count() > MAX_CONTENT_CHARS => {
-            errors.push(field_error(
-                "content",
-                "string_too_long",
-                &format!("String should have at most {MAX_CONTENT_CHARS} characters"),
-                text,
-                json!({ "max_length": MAX_CONTENT_CHARS }),
-            ));
-            None
-        }
-        Some(Value::String(text)) => Some(text.clone()),
-        Some(other) => {
-            errors.push(FieldError::string_type("content", other));
-            None
-        }
+        Some(raw) => match fields.string(raw) {
+            Some(text) if text.trim().is_empty() => {
+                errors.push(field_error(
+                    "content",
+                    "value_error",
+                    "Value error, Message content is empty",
+                    fields.echo(raw),
+                    json!({ "error": {} }),
+                ));
+                None
+            }
+            Some(text) if text.chars().count() > MAX_CONTENT_CHARS => {
+                errors.push(field_error(
+                    "content",
+                    "string_too_long",
+                    &format!("String should have at most {MAX_CONTENT_CHARS} characters"),
+                    fields.echo(raw),
+                    json!({ "max_length": MAX_CONTENT_CHARS }),
+                ));
+                None
+            }
+            Some(text) => Some(text.into_owned()),
+            None => {
+                errors.push(FieldError::string_type("content", fields.echo(raw)));
+                None
+            }
+        },
     };
-    let channel = match object.get("channel") {
-        None | Some(Value::Null) => Some(DiscordChannel::Platform),
-        Some(value) => {
-            let parsed = value.as_str().and_then(DiscordChannel::parse);
+    let channel = match fields.raw(1) {
+        None => Some(DiscordChannel::Platform),
+        Some(raw) if raw.get() == "null" => Some(DiscordChannel::Platform),
+        Some(raw) => {
+            let parsed = fields
+                .string(raw)
+                .and_then(|text| DiscordChannel::parse(&text));
             if parsed.is_none() {
                 errors.push(FieldError {
                     kind: "enum",
                     loc: vec!["body".into(), "channel".into()],
                     msg: "Input should be 'platform' or 'product'".to_owned(),
-                    input: value.clone(),
+                    input: fields.echo(raw),
                     ctx: Some(json!({ "expected": "'platform' or 'product'" })),
                 });
             }
@@ -229,12 +229,12 @@ fn parse(body: &Value) -> Result<(DiscordChannel, String), Vec<FieldError>> {
     }
 }
 
-fn field_error(field: &str, kind: &'static str, msg: &str, input: &str, ctx: Value) -> FieldError {
+fn field_error(field: &str, kind: &'static str, msg: &str, input: Value, ctx: Value) -> FieldError {
     FieldError {
         kind,
         loc: vec!["body".into(), field.into()],
         msg: msg.to_owned(),
-        input: Value::String(input.to_owned()),
+        input,
         ctx: Some(ctx),
     }
 }

@@ -3,7 +3,6 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::{FromRequest, Request, State};
 use axum::http::HeaderMap;
 use utoipa_axum::router::OpenApiRouter;
@@ -55,11 +54,11 @@ pub async fn log_raw_metric(
     body: CheckedBody,
 ) -> Result<Json<String>, ApiError> {
     let caller = state.edge.rate_limits.admit(caller?, 1)?;
-    let body = body.parse().await?;
-    let metric = NewMetric::parse(&body.value).map_err(|errors| body.invalid(errors))?;
+    let metric = body.read(NewMetric::from_body).await;
+    let metric = metric.map_err(|errors| body.invalid(errors))?;
     let row = MetricRow::new(state.clock.now(), caller.user_id, metric);
     let stored = state.sink.store(&idempotency_key, row).await;
-    answer(stored, &body.request, METRIC_HINT)
+    answer(stored, body.request(), METRIC_HINT)
 }
 
 /// Stores one analytics event; answers its id as a bare JSON string. With beacon mode on,
@@ -89,26 +88,14 @@ pub async fn log_raw_analytics(
     } = body;
     let caller = beacon::caller(&state.authenticator, caller, beacon_headers, body.bytes());
     let caller = state.edge.rate_limits.admit(caller.await?, 1)?;
-    // Browsers send compact JSON: such an event is read straight from its bytes.
-    let compact = if body.is_json() {
-        let read = |bytes: &Bytes| NewAnalyticsEvent::from_compact_body(bytes);
-        body.decode_with(read).await
-    } else {
-        None
-    };
-    let (event, request) = match compact {
-        Some(event) => (event, body.into_request()),
-        None => {
-            let mut body = body.parse().await?;
-            beacon::unwrap_body(state.edge.browser.beacon_enabled, &mut body);
-            let event =
-                NewAnalyticsEvent::parse(&body.value).map_err(|errors| body.invalid(errors))?;
-            (event, body.request)
-        }
-    };
+    let beacon_enabled = state.edge.browser.beacon_enabled;
+    let event = body
+        .read(move |read| NewAnalyticsEvent::from_body(beacon::unwrap_body(beacon_enabled, read)))
+        .await;
+    let event = event.map_err(|errors| body.invalid(errors))?;
     let row = EventRow::new(state.clock.now(), caller.user_id, event);
     let stored = state.sink.store(&idempotency_key, row).await;
-    answer(stored, &request, ANALYTICS_HINT)
+    answer(stored, body.request(), ANALYTICS_HINT)
 }
 
 /// The id of the stored row, a 422 at the `Idempotency-Key` header, or the storage error.

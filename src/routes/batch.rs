@@ -14,7 +14,7 @@ use super::analytics::{ANALYTICS_HINT, METRIC_HINT};
 use super::json::CheckedBody;
 use crate::auth::Caller;
 use crate::domain::{
-    DetailBudget, FieldError, Location, NewAnalyticsEvent, NewMetric, parse_batch,
+    Body, DetailBudget, FieldError, ItemOutcome, NewAnalyticsEvent, NewMetric, parse_batch,
 };
 use crate::error::ApiError;
 use crate::store::{EventRow, MetricRow, StoreError};
@@ -96,27 +96,32 @@ fn rows_charged<T, E>(parsed: &Result<Vec<T>, E>) -> usize {
     parsed.as_ref().map_or(1, Vec::len)
 }
 
+/// The items of a batch body: the items' errors share one [`DetailBudget`], so whatever
+/// the items hold, the answer's errors stay within its bound (and only those are kept).
+fn read_batch<T>(
+    body: Body<'_>,
+    max_items: usize,
+    parse_item: impl Fn(Body<'_>) -> Result<T, Vec<FieldError>>,
+) -> Result<Vec<ItemOutcome<T>>, Vec<FieldError>> {
+    parse_batch(body, max_items, &mut DetailBudget::default(), parse_item)
+}
+
 /// Splits parse results into rows to store and the per-item answers (ids filled in now,
-/// since the rows' ids are generated before storing). The items' errors share one
-/// [`DetailBudget`]: whatever the items hold, the answer's errors stay within its bound.
+/// since the rows' ids are generated before storing).
 fn plan<T, R>(
-    parsed: Vec<Result<T, Vec<FieldError>>>,
+    parsed: Vec<ItemOutcome<T>>,
     make_row: impl Fn(T) -> (uuid::Uuid, R),
 ) -> (Vec<R>, Vec<ItemResult>) {
     let mut rows = Vec::new();
-    let mut budget = DetailBudget::default();
     let results = parsed
         .into_iter()
-        .enumerate()
-        .map(|(index, item)| match item {
+        .map(|item| match item {
             Ok(valid) => {
                 let (id, row) = make_row(valid);
                 rows.push(row);
                 ItemResult::Id(id.to_string())
             }
-            Err(errors) => ItemResult::Error(
-                budget.list(errors, vec![Location::from("body"), Location::Index(index)]),
-            ),
+            Err(errors) => ItemResult::Error(errors),
         })
         .collect();
     (rows, results)
@@ -142,8 +147,10 @@ pub async fn log_raw_metric_batch(
     _turn: BatchTurn,
     body: CheckedBody,
 ) -> Result<Json<Vec<ItemResult>>, ApiError> {
-    let body = body.parse().await?;
-    let parsed = parse_batch(&body.value, state.batch_max_items, NewMetric::parse);
+    let max_items = state.batch_max_items;
+    let parsed = body
+        .read(move |read| read_batch(read, max_items, NewMetric::from_body))
+        .await;
     let caller = state
         .edge
         .rate_limits
@@ -184,8 +191,10 @@ pub async fn log_raw_analytics_batch(
     _turn: BatchTurn,
     body: CheckedBody,
 ) -> Result<Json<Vec<ItemResult>>, ApiError> {
-    let body = body.parse().await?;
-    let parsed = parse_batch(&body.value, state.batch_max_items, NewAnalyticsEvent::parse);
+    let max_items = state.batch_max_items;
+    let parsed = body
+        .read(move |read| read_batch(read, max_items, NewAnalyticsEvent::from_body))
+        .await;
     let caller = state
         .edge
         .rate_limits

@@ -9,11 +9,9 @@ use std::borrow::Cow;
 
 use axum::http::{HeaderMap, HeaderValue, header};
 use serde::Deserialize;
-use serde_json::Value;
 
-use super::json::JsonBody;
 use crate::auth::{AuthError, Authenticator, Caller};
-use crate::domain::pyjson;
+use crate::domain::{Body, pyjson};
 
 /// The body field that carries the JWT in beacon mode.
 pub const TOKEN_FIELD: &str = "token";
@@ -63,17 +61,22 @@ fn token_field(text: &[u8]) -> Option<Cow<'_, str>> {
 }
 
 /// After auth, with beacon mode on: a body sent as text that holds a JSON object is that
-/// object, without its `token` field. Everything else is unchanged.
-pub fn unwrap_body(enabled: bool, body: &mut JsonBody) {
-    if !enabled {
-        return;
+/// object, without its `token` field (which no error may echo). Everything else is
+/// unchanged.
+pub fn unwrap_body(enabled: bool, body: Body<'_>) -> Body<'_> {
+    let Body::Text(text) = body else {
+        return body;
+    };
+    // An object as `json.loads` reads it, without Python's non-finite tokens (those keep
+    // the text a string, as before).
+    let is_object = pyjson::is_object_text(text.as_bytes())
+        && matches!(pyjson::check(text.as_bytes()), Ok(false));
+    if !enabled || !is_object {
+        return body;
     }
-    let Value::String(text) = &body.value else {
-        return;
-    };
-    let Ok(Value::Object(mut object)) = serde_json::from_str::<Value>(text) else {
-        return;
-    };
-    object.remove(TOKEN_FIELD);
-    body.value = Value::Object(object);
+    Body::Json {
+        text,
+        marked: false,
+        hidden: Some(TOKEN_FIELD),
+    }
 }

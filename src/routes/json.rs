@@ -2,8 +2,8 @@
 //!
 //! `CheckedBody` checks only the JSON syntax, without building a tree: a body that is not
 //! JSON is a 422 before auth runs, as in the original, but nothing is built for a request
-//! that auth then refuses. After auth, `CheckedBody::parse` gives the `JsonBody` whose
-//! fields the domain types validate.
+//! that auth then refuses. After auth, `CheckedBody::read` hands the body's text to the
+//! domain validators, which read it in one pass without a tree either.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::{LazyLock, mpsc};
@@ -17,7 +17,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use super::AppState;
 use crate::auth::Unauthenticated;
-use crate::domain::{FieldError, pyjson};
+use crate::domain::{Body, FieldError, pyjson};
 use crate::edge::body_budget::BodyError;
 use crate::error::ApiError;
 
@@ -105,86 +105,61 @@ impl RequestLine {
     }
 }
 
-/// A JSON body and the request it came with.
-#[derive(Debug)]
-pub struct JsonBody {
-    /// The parsed body; `{}` when the body was empty.
-    pub value: Value,
-    /// What its 422 names.
-    pub request: RequestLine,
-    /// The body's charge on the body budget: the parsed tree holds more than the bytes.
-    _charge: Option<OwnedSemaphorePermit>,
-}
-
-impl JsonBody {
-    /// The 422 for these field errors, naming this request.
-    pub fn invalid(&self, errors: Vec<FieldError>) -> ApiError {
-        self.request.invalid(errors)
-    }
-}
-
-/// A body read within the route's limit but not parsed yet, for routes that can read
-/// some bodies more cheaply than as a `Value` (see `EventBody`).
+/// A body read within the route's limit but not parsed yet.
 #[derive(Debug)]
 pub struct BufferedBody {
     /// The body as sent.
     pub bytes: Bytes,
-    /// Its charge on the body budget, held until the request is done with the body.
-    charge: Option<OwnedSemaphorePermit>,
+    /// Its charge on the body budget, held until the request is done with the body (and
+    /// with what validation built from it).
+    _charge: Option<OwnedSemaphorePermit>,
     /// Whether FastAPI would have parsed it as JSON (by its content type).
     pub json: bool,
     /// What its 422 names.
     pub request: RequestLine,
 }
 
-impl BufferedBody {
-    /// Parses the body as FastAPI did; a syntax error is the original's 422.
-    async fn into_json(self) -> Result<JsonBody, ApiError> {
-        let json = self.json;
-        match decode(&self.bytes, move |bytes| parse(bytes, json)).await {
-            Ok(value) => Ok(JsonBody {
-                value,
-                request: self.request,
-                _charge: self.charge,
-            }),
-            Err(error) => Err(self.request.invalid(vec![error])),
-        }
-    }
-}
-
-/// A body whose JSON syntax was checked, not yet parsed.
+/// A body whose JSON syntax was checked, not yet validated.
 #[derive(Debug)]
-pub struct CheckedBody(BufferedBody);
+pub struct CheckedBody {
+    body: BufferedBody,
+    /// Whether it holds Python's non-finite tokens (read as markers).
+    has_non_finite: bool,
+}
 
 impl CheckedBody {
     /// The body as sent.
     pub fn bytes(&self) -> &Bytes {
-        &self.0.bytes
-    }
-
-    /// Whether FastAPI would have parsed it as JSON (by its content type).
-    pub fn is_json(&self) -> bool {
-        self.0.json
-    }
-
-    /// Runs `work` on the body's bytes where every decoding of a body runs: at once when
-    /// it is small, else on the heavy-body thread (see `decode`).
-    pub async fn decode_with<T: Send + 'static>(
-        &self,
-        work: impl FnOnce(&Bytes) -> T + Send + 'static,
-    ) -> T {
-        decode(&self.0.bytes, work).await
+        &self.body.bytes
     }
 
     /// What its 422 names.
-    pub fn into_request(self) -> RequestLine {
-        self.0.request
+    pub fn request(&self) -> &RequestLine {
+        &self.body.request
     }
 
-    /// The body as FastAPI reads it (`{}` when empty, a string when not sent as JSON):
-    /// for after auth. Nesting deeper than serde_json allows is refused only here.
-    pub async fn parse(self) -> Result<JsonBody, ApiError> {
-        self.0.into_json().await
+    /// The 422 for these field errors, naming this request.
+    pub fn invalid(&self, errors: Vec<FieldError>) -> ApiError {
+        self.body.request.invalid(errors)
+    }
+
+    /// Runs `work` on the body as FastAPI reads it (`{}` when empty, a string when not sent
+    /// as JSON), where every decoding of a body runs: at once when it is small, else on the
+    /// heavy-body thread (see `decode`). The body's budget charge is kept by `self`.
+    pub async fn read<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(Body<'_>) -> T + Send + 'static,
+    ) -> T {
+        let (json, has_non_finite) = (self.body.json, self.has_non_finite);
+        decode(&self.body.bytes, move |bytes| {
+            if !json {
+                return work(Body::Text(&String::from_utf8_lossy(bytes)));
+            }
+            let text = pyjson::marked(bytes, has_non_finite);
+            let text = std::str::from_utf8(&text).expect("a checked body is UTF-8");
+            work(Body::json(text, has_non_finite))
+        })
+        .await
     }
 }
 
@@ -195,7 +170,10 @@ impl FromRequest<AppState> for CheckedBody {
         let body = BufferedBody::from_request(request, state).await?;
         let json = body.json;
         match decode(&body.bytes, move |bytes| check(bytes, json)).await {
-            Ok(()) => Ok(CheckedBody(body)),
+            Ok(has_non_finite) => Ok(CheckedBody {
+                body,
+                has_non_finite,
+            }),
             Err(error) => Err(body.request.invalid(vec![error])),
         }
     }
@@ -235,12 +213,11 @@ fn error_offset(body: &[u8], err: &serde_json::Error) -> usize {
     (offset + err.column().saturating_sub(1)).min(body.len())
 }
 
-/// `Ok` when [`parse`] can read `body`, found without building a tree (bar the rare
-/// bodies only `parse` refuses: nesting past serde_json's limit, a lone surrogate escape);
-/// else the 422 error `parse` gives.
-pub fn check(body: &Bytes, json: bool) -> Result<(), FieldError> {
+/// `Ok` when [`parse`] can read `body`, found without building a tree; else the 422 error
+/// `parse` gives. `Ok(true)`: the body holds Python's non-finite tokens.
+pub fn check(body: &Bytes, json: bool) -> Result<bool, FieldError> {
     if body.is_empty() || !json {
-        return Ok(());
+        return Ok(false);
     }
     if let Err(err) = std::str::from_utf8(body) {
         return Err(FieldError::json_invalid(
@@ -258,8 +235,9 @@ fn json_invalid(body: &[u8], err: &serde_json::Error) -> FieldError {
     FieldError::json_invalid(error_offset(body, err), reason)
 }
 
-/// The body as FastAPI reads it: empty → `{}`, JSON when `json`, else a string; the
-/// decoding step of every analytics request, pure so the fuzz targets can call it.
+/// The body as FastAPI reads it, as a tree: empty → `{}`, JSON when `json`, else a string.
+/// The reference reading for tests and fuzz targets; requests are read with
+/// [`CheckedBody::read`], which builds no tree.
 pub fn parse(body: &Bytes, json: bool) -> Result<Value, FieldError> {
     if body.is_empty() {
         return Ok(Value::Object(Map::new()));
@@ -301,7 +279,7 @@ impl FromRequest<AppState> for BufferedBody {
             })?;
         Ok(BufferedBody {
             bytes: held.bytes,
-            charge: held.charge,
+            _charge: held.charge,
             json,
             request: line,
         })

@@ -201,11 +201,39 @@ fn the_ingest_section_feeds_the_writers_and_the_batch_routes() {
 
 #[test]
 fn checks_that_span_components_are_made() {
-    let small_bucket = error_of(&[("APP_RATE_LIMIT__USER_BURST", "10")]);
     let small_budget = error_of(&[("APP_SERVER__BODY_BUDGET_BYTES", "1024")]);
 
-    assert!(small_bucket.contains("user_burst"), "{small_bucket}");
     assert!(small_budget.contains("body_budget_bytes"), "{small_budget}");
+}
+
+/// An operator who sets a per-user limit is not told to change a batch setting: a batch
+/// larger than the bucket is answered 429 instead (tests/api/edge/rate_limits.rs).
+#[test]
+fn any_user_burst_of_at_least_one_starts() {
+    for profile in ["local", "prod"] {
+        let settings = load_with(&[
+            ("APP_ENV", profile),
+            PROD_KEY,
+            ("APP_RATE_LIMIT__USER_PER_SECOND", "1"),
+            ("APP_RATE_LIMIT__USER_BURST", "1"),
+        ])
+        .unwrap_or_else(|err| panic!("{profile} starts with a burst of 1: {err}"));
+
+        assert_eq!(settings.edge.rate_limit.user_burst, 1);
+        assert_eq!(settings.edge.rate_limit.user_per_second, 1.0);
+        assert_eq!(
+            settings.batch.max_items, 1000,
+            "the batch setting is untouched"
+        );
+    }
+    let no_burst = error_of(&[
+        ("APP_RATE_LIMIT__USER_PER_SECOND", "1"),
+        ("APP_RATE_LIMIT__USER_BURST", "0"),
+    ]);
+    assert!(
+        no_burst.contains("user_burst must be at least 1"),
+        "{no_burst}"
+    );
 }
 
 #[test]

@@ -95,6 +95,7 @@ impl ApiKeyGuard {
             kind: LimitKind::ApiKey,
             retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
             burst: self.burst,
+            over_burst: false,
         }
     }
 

@@ -126,7 +126,7 @@ impl Settings {
         self.database.validate()?;
         self.server.validate()?;
         self.telemetry.validate()?;
-        self.alerts.validate()?;
+        self.alerts.validate(self.app_env == AppEnv::Prod)?;
         self.ingest.validate()?;
         self.batch.validate()?;
         self.idempotency.validate()?;

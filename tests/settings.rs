@@ -82,6 +82,39 @@ fn prod_refuses_the_development_key_and_short_keys() {
 }
 
 #[test]
+fn prod_refuses_a_short_or_placeholder_alerts_api_key_without_echoing_it() {
+    let short_key = "short-alerts-key-31-bytes-long!";
+    assert_eq!(short_key.len(), 31);
+    let short = error_of(&[("APP_ENV", "prod"), PROD_KEY, ("ALERTS_API_KEY", short_key)]);
+    let placeholder = error_of(&[
+        ("APP_ENV", "prod"),
+        PROD_KEY,
+        ("ALERTS_API_KEY", "change-me"),
+    ]);
+    let long_key = "0123456789abcdef0123456789abcdef";
+    let long = load_with(&[("APP_ENV", "prod"), PROD_KEY, ("ALERTS_API_KEY", long_key)]);
+    let unset = load_with(&[("APP_ENV", "prod"), PROD_KEY, ("ALERTS_API_KEY", "")]);
+    let local = load_with(&[("ALERTS_API_KEY", "change-me")]);
+
+    assert!(
+        short.contains("ALERTS_API_KEY is shorter than 32 bytes"),
+        "{short}"
+    );
+    assert!(!short.contains(short_key), "{short}");
+    assert!(
+        placeholder.contains("ALERTS_API_KEY holds the change-me placeholder"),
+        "{placeholder}"
+    );
+    assert_eq!(long.unwrap().alerts.alerts_api_key(), Some(long_key));
+    assert_eq!(
+        unset.unwrap().alerts.alerts_api_key(),
+        None,
+        "admin JWTs only"
+    );
+    assert!(local.is_ok(), "only APP_ENV=prod insists");
+}
+
+#[test]
 fn unknown_url_scheme_is_refused_without_echoing_the_url() {
     let text = error_of(&[("DATABASE_URL", "mysql://user:hunter2@db/x")]);
 
@@ -242,7 +275,7 @@ fn every_secret_is_known_to_the_scrubbers() {
         ("APP_ENV", "prod"),
         PROD_KEY,
         ("DISCORD_BOT_TOKEN", "bot-token-0123456789"),
-        ("ALERTS_API_KEY", "alerts-key-0123456789"),
+        ("ALERTS_API_KEY", "alerts-key-0123456789abcdef0123456789"),
         (
             "DATABASE_URL",
             "postgresql://app:db-password-42@db:5432/postgres",
@@ -259,7 +292,7 @@ fn every_secret_is_known_to_the_scrubbers() {
     for secret in [
         PROD_KEY.1,
         "bot-token-0123456789",
-        "alerts-key-0123456789",
+        "alerts-key-0123456789abcdef0123456789",
         "db-password-42",
         "nats-password-7",
         "nats-token-9",

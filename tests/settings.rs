@@ -115,6 +115,28 @@ fn prod_refuses_a_short_or_placeholder_alerts_api_key_without_echoing_it() {
 }
 
 #[test]
+fn an_invalid_sentry_dsn_is_a_settings_error_naming_the_setting_not_the_value() {
+    for dsn in [
+        "not a dsn",
+        "http://",
+        "https://dsn-public-key-7@sentry.example.com/",
+        "ftp://dsn-public-key-7@sentry.example.com/1",
+        "change-me",
+    ] {
+        let text = error_of(&[("SENTRY_DSN", dsn)]);
+
+        assert!(
+            text.contains("SENTRY_DSN is not a Sentry DSN"),
+            "{dsn}: {text}"
+        );
+        assert!(!text.contains(dsn), "{text}");
+        assert!(!text.contains("dsn-public-key-7"), "{text}");
+    }
+    let valid = load_with(&[("SENTRY_DSN", "https://key@sentry.example.com/42")]).unwrap();
+    assert!(valid.telemetry.sentry.parsed_dsn().unwrap().is_some());
+}
+
+#[test]
 fn unknown_url_scheme_is_refused_without_echoing_the_url() {
     let text = error_of(&[("DATABASE_URL", "mysql://user:hunter2@db/x")]);
 

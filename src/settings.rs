@@ -126,21 +126,15 @@ impl Settings {
         self.database.validate()?;
         self.server.validate()?;
         self.telemetry.validate()?;
-        self.alerts.validate()?;
+        self.alerts.validate(self.app_env == AppEnv::Prod)?;
         self.ingest.validate()?;
         self.batch.validate()?;
         self.idempotency.validate()?;
         self.nats.validate()?;
         self.loader.validate()?;
         self.edge.validate()?;
-        // A batch takes one token per item from the user's bucket: a bucket smaller than
-        // the largest batch would refuse that batch forever.
-        let rate = &self.edge.rate_limit;
-        if rate.user_per_second > 0.0 && (rate.user_burst as usize) < self.batch.max_items {
-            return Err(invalid(
-                "rate_limit.user_burst must be at least ingest.batch_max_items (a batch takes one token per item)",
-            ));
-        }
+        // No check of rate_limit.user_burst against ingest.batch_max_items: a batch larger
+        // than the user's bucket is answered 429 (edge::rate_limit), so any burst starts.
         // A budget smaller than one allowed body would refuse that body forever.
         let requests = &self.edge.requests;
         if requests.body_budget_bytes < requests.body_limit_bytes.max(self.batch.body_limit_bytes) {

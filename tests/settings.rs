@@ -82,6 +82,61 @@ fn prod_refuses_the_development_key_and_short_keys() {
 }
 
 #[test]
+fn prod_refuses_a_short_or_placeholder_alerts_api_key_without_echoing_it() {
+    let short_key = "short-alerts-key-31-bytes-long!";
+    assert_eq!(short_key.len(), 31);
+    let short = error_of(&[("APP_ENV", "prod"), PROD_KEY, ("ALERTS_API_KEY", short_key)]);
+    let placeholder = error_of(&[
+        ("APP_ENV", "prod"),
+        PROD_KEY,
+        ("ALERTS_API_KEY", "change-me"),
+    ]);
+    let long_key = "0123456789abcdef0123456789abcdef";
+    let long = load_with(&[("APP_ENV", "prod"), PROD_KEY, ("ALERTS_API_KEY", long_key)]);
+    let unset = load_with(&[("APP_ENV", "prod"), PROD_KEY, ("ALERTS_API_KEY", "")]);
+    let local = load_with(&[("ALERTS_API_KEY", "change-me")]);
+
+    assert!(
+        short.contains("ALERTS_API_KEY is shorter than 32 bytes"),
+        "{short}"
+    );
+    assert!(!short.contains(short_key), "{short}");
+    assert!(
+        placeholder.contains("ALERTS_API_KEY holds the change-me placeholder"),
+        "{placeholder}"
+    );
+    assert_eq!(long.unwrap().alerts.alerts_api_key(), Some(long_key));
+    assert_eq!(
+        unset.unwrap().alerts.alerts_api_key(),
+        None,
+        "admin JWTs only"
+    );
+    assert!(local.is_ok(), "only APP_ENV=prod insists");
+}
+
+#[test]
+fn an_invalid_sentry_dsn_is_a_settings_error_naming_the_setting_not_the_value() {
+    for dsn in [
+        "not a dsn",
+        "http://",
+        "https://dsn-public-key-7@sentry.example.com/",
+        "ftp://dsn-public-key-7@sentry.example.com/1",
+        "change-me",
+    ] {
+        let text = error_of(&[("SENTRY_DSN", dsn)]);
+
+        assert!(
+            text.contains("SENTRY_DSN is not a Sentry DSN"),
+            "{dsn}: {text}"
+        );
+        assert!(!text.contains(dsn), "{text}");
+        assert!(!text.contains("dsn-public-key-7"), "{text}");
+    }
+    let valid = load_with(&[("SENTRY_DSN", "https://key@sentry.example.com/42")]).unwrap();
+    assert!(valid.telemetry.sentry.parsed_dsn().unwrap().is_some());
+}
+
+#[test]
 fn unknown_url_scheme_is_refused_without_echoing_the_url() {
     let text = error_of(&[("DATABASE_URL", "mysql://user:hunter2@db/x")]);
 
@@ -201,11 +256,39 @@ fn the_ingest_section_feeds_the_writers_and_the_batch_routes() {
 
 #[test]
 fn checks_that_span_components_are_made() {
-    let small_bucket = error_of(&[("APP_RATE_LIMIT__USER_BURST", "10")]);
     let small_budget = error_of(&[("APP_SERVER__BODY_BUDGET_BYTES", "1024")]);
 
-    assert!(small_bucket.contains("user_burst"), "{small_bucket}");
     assert!(small_budget.contains("body_budget_bytes"), "{small_budget}");
+}
+
+/// An operator who sets a per-user limit is not told to change a batch setting: a batch
+/// larger than the bucket is answered 429 instead (tests/api/edge/rate_limits.rs).
+#[test]
+fn any_user_burst_of_at_least_one_starts() {
+    for profile in ["local", "prod"] {
+        let settings = load_with(&[
+            ("APP_ENV", profile),
+            PROD_KEY,
+            ("APP_RATE_LIMIT__USER_PER_SECOND", "1"),
+            ("APP_RATE_LIMIT__USER_BURST", "1"),
+        ])
+        .unwrap_or_else(|err| panic!("{profile} starts with a burst of 1: {err}"));
+
+        assert_eq!(settings.edge.rate_limit.user_burst, 1);
+        assert_eq!(settings.edge.rate_limit.user_per_second, 1.0);
+        assert_eq!(
+            settings.batch.max_items, 1000,
+            "the batch setting is untouched"
+        );
+    }
+    let no_burst = error_of(&[
+        ("APP_RATE_LIMIT__USER_PER_SECOND", "1"),
+        ("APP_RATE_LIMIT__USER_BURST", "0"),
+    ]);
+    assert!(
+        no_burst.contains("user_burst must be at least 1"),
+        "{no_burst}"
+    );
 }
 
 #[test]
@@ -214,7 +297,7 @@ fn every_secret_is_known_to_the_scrubbers() {
         ("APP_ENV", "prod"),
         PROD_KEY,
         ("DISCORD_BOT_TOKEN", "bot-token-0123456789"),
-        ("ALERTS_API_KEY", "alerts-key-0123456789"),
+        ("ALERTS_API_KEY", "alerts-key-0123456789abcdef0123456789"),
         (
             "DATABASE_URL",
             "postgresql://app:db-password-42@db:5432/postgres",
@@ -231,7 +314,7 @@ fn every_secret_is_known_to_the_scrubbers() {
     for secret in [
         PROD_KEY.1,
         "bot-token-0123456789",
-        "alerts-key-0123456789",
+        "alerts-key-0123456789abcdef0123456789",
         "db-password-42",
         "nats-password-7",
         "nats-token-9",

@@ -7,6 +7,13 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_with::{DurationMilliSeconds, serde_as};
 
+/// Shortest `ALERTS_API_KEY` production accepts: guessing it must stay infeasible, since
+/// the right key is never locked out (`edge::api_key_guard`).
+pub const MIN_API_KEY_BYTES: usize = 32;
+
+/// The placeholder of the deployment examples (`deploy/k8s/secret.yaml`).
+const PLACEHOLDER: &str = "change-me";
+
 /// Discord alerts.
 #[serde_as]
 #[derive(Debug, Clone, Deserialize)]
@@ -87,10 +94,27 @@ impl Config {
         self.api_base_url.trim().trim_end_matches('/')
     }
 
-    /// Checks what the types cannot.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks what the types cannot. `production` (`APP_ENV=prod`): the alerts API key,
+    /// when set, is at least 32 bytes and not the placeholder. Errors name the setting,
+    /// never its value.
+    pub fn validate(&self, production: bool) -> Result<(), String> {
         if self.bot_token().is_some() && url::Url::parse(self.base_url()).is_err() {
             return Err("DISCORD_API_BASE_URL is not a URL".to_owned());
+        }
+        if let Some(key) = self.alerts_api_key().filter(|_| production) {
+            if key.to_ascii_lowercase().contains(PLACEHOLDER) {
+                return Err(format!(
+                    "ALERTS_API_KEY holds the {PLACEHOLDER} placeholder: set a random key of at \
+                     least {MIN_API_KEY_BYTES} bytes (openssl rand -hex 32), or leave it empty"
+                ));
+            }
+            if key.len() < MIN_API_KEY_BYTES {
+                return Err(format!(
+                    "ALERTS_API_KEY is shorter than {MIN_API_KEY_BYTES} bytes: with APP_ENV=prod \
+                     set a random key of at least {MIN_API_KEY_BYTES} bytes (openssl rand -hex \
+                     32), or leave it empty"
+                ));
+            }
         }
         Ok(())
     }
@@ -107,8 +131,36 @@ mod tests {
 
         assert_eq!(blank.bot_token(), None);
         assert_eq!(blank.alerts_api_key(), None);
-        assert!(blank.validate().is_ok(), "alerts off: the URL is not used");
-        assert!(bad_url.validate().is_err());
+        assert!(
+            blank.validate(true).is_ok(),
+            "alerts off: the URL is not used"
+        );
+        assert!(bad_url.validate(false).is_err());
         assert_eq!(Config::new("t", "http://x/api/").base_url(), "http://x/api");
+    }
+
+    #[test]
+    fn production_refuses_short_and_placeholder_api_keys_without_naming_them() {
+        let with_key = |key: &str| Config {
+            alerts_api_key: SecretString::from(key.to_owned()),
+            ..Config::new("", "https://discord.com/api/v10")
+        };
+        let short = with_key("short-key-0123456789");
+        let padded_placeholder = with_key("CHANGE-ME-change-me-change-me-change-me");
+        let long = with_key("0123456789abcdef0123456789abcdef");
+
+        let short_error = short.validate(true).unwrap_err();
+        let placeholder_error = with_key(" change-me ").validate(true).unwrap_err();
+
+        assert!(short_error.contains("ALERTS_API_KEY is shorter than 32 bytes"));
+        assert!(!short_error.contains("short-key"), "{short_error}");
+        assert!(placeholder_error.contains("ALERTS_API_KEY holds the change-me placeholder"));
+        assert!(padded_placeholder.validate(true).is_err());
+        assert!(long.validate(true).is_ok());
+        assert!(
+            with_key("").validate(true).is_ok(),
+            "no key: admin JWTs only"
+        );
+        assert!(short.validate(false).is_ok(), "only production insists");
     }
 }

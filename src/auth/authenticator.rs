@@ -75,14 +75,7 @@ impl Authenticator {
         } else {
             HashSet::from(["aud".to_owned()])
         };
-        let jwks = config.jwks_url().map(|url| {
-            JwksCache::new(
-                url,
-                config.jwks_timeout,
-                config.jwks_min_refresh,
-                config.jwks_max_age,
-            )
-        });
+        let jwks = config.jwks_url().map(|url| JwksCache::new(url, config));
         Authenticator {
             hmac: config.key().map(|k| DecodingKey::from_secret(k.as_bytes())),
             validation,

@@ -39,6 +39,8 @@ pub struct Config {
     #[serde_as(as = "DurationSeconds<u64>")]
     #[serde(rename = "jwks_max_age_secs")]
     pub jwks_max_age: Duration,
+    /// Largest key-set answer read; a larger one is a failed fetch.
+    pub jwks_max_bytes: usize,
 }
 
 impl Config {
@@ -52,6 +54,7 @@ impl Config {
             jwks_timeout: Duration::from_secs(5),
             jwks_min_refresh: Duration::from_secs(60),
             jwks_max_age: Duration::from_secs(600),
+            jwks_max_bytes: 1024 * 1024,
         }
     }
 
@@ -87,6 +90,9 @@ impl Config {
             check_jwks_url(url)?;
             if self.jwks_timeout.is_zero() {
                 return Err("auth.jwks_timeout_ms must be at least 1".to_owned());
+            }
+            if self.jwks_max_bytes == 0 {
+                return Err("auth.jwks_max_bytes must be at least 1".to_owned());
             }
         }
         let key = match (self.key(), self.jwks_url()) {

@@ -3,7 +3,8 @@
 //! we do not know (at most once per `min_refresh`) or when the keys are older than
 //! `max_age`. Old keys are still served while one background fetch replaces them: only a
 //! request with no key for its `kid` waits on the key server. Symmetric (`oct`) keys in the set are ignored: a JWKS is public, so an HMAC
-//! key from it would let anyone sign.
+//! key from it would let anyone sign. An answer is read up to `jwks_max_bytes`; a larger
+//! one is a failed fetch, never buffered whole.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -61,6 +62,20 @@ impl JwksKey {
     }
 }
 
+/// Why a key-set fetch failed (logged; the URL is left out).
+#[derive(Debug, thiserror::Error)]
+enum FetchError {
+    /// Connect, status or read failure.
+    #[error(transparent)]
+    Http(#[from] reqwest::Error),
+    /// The answer is larger than `auth.jwks_max_bytes`.
+    #[error("the key set answer is larger than {limit} bytes (auth.jwks_max_bytes)")]
+    TooLarge { limit: usize },
+    /// Not a JSON key set.
+    #[error("the key set is not a JSON object with \"keys\": {0}")]
+    Json(#[from] serde_json::Error),
+}
+
 /// The set as served; keys are parsed one by one so one odd key does not hide the rest.
 #[derive(Deserialize)]
 struct RawKeySet {
@@ -83,6 +98,7 @@ pub struct JwksCache {
 struct KeySet {
     url: String,
     client: reqwest::Client,
+    max_bytes: usize,
     min_refresh: Duration,
     max_age: Duration,
     cached: RwLock<Cached>,
@@ -103,19 +119,20 @@ impl std::fmt::Debug for JwksCache {
 }
 
 impl JwksCache {
-    /// A cache for `url` that fetches nothing yet.
-    pub fn new(url: &str, timeout: Duration, min_refresh: Duration, max_age: Duration) -> Self {
+    /// A cache for `url` with the `jwks_*` limits of `config`; fetches nothing yet.
+    pub fn new(url: &str, config: &super::Config) -> Self {
         let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout)
+            .timeout(config.jwks_timeout)
+            .connect_timeout(config.jwks_timeout)
             .user_agent(concat!("analytics-service/", env!("CARGO_PKG_VERSION")))
             .build()
             .expect("a reqwest client with a timeout always builds");
         let keys = KeySet {
             url: url.to_owned(),
             client,
-            min_refresh,
-            max_age,
+            max_bytes: config.jwks_max_bytes,
+            min_refresh: config.jwks_min_refresh,
+            max_age: config.jwks_max_age,
             cached: RwLock::new(Cached::default()),
             refresh_gate: tokio::sync::Mutex::new(None),
             refreshing: AtomicBool::new(false),
@@ -263,17 +280,32 @@ impl KeySet {
         }
     }
 
-    async fn fetch(&self) -> Result<HashMap<String, JwksKey>, reqwest::Error> {
-        let raw: RawKeySet = self
+    async fn fetch(&self) -> Result<HashMap<String, JwksKey>, FetchError> {
+        let mut response = self
             .client
             .get(&self.url)
             .send()
             .await
             .and_then(|r| r.error_for_status())
-            .map_err(|e| e.without_url())?
-            .json()
-            .await
             .map_err(|e| e.without_url())?;
+        let too_large = FetchError::TooLarge {
+            limit: self.max_bytes,
+        };
+        // Refused before reading when the server says so; else counted chunk by chunk.
+        if response
+            .content_length()
+            .is_some_and(|len| len > self.max_bytes as u64)
+        {
+            return Err(too_large);
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| e.without_url())? {
+            if body.len() + chunk.len() > self.max_bytes {
+                return Err(too_large);
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let raw: RawKeySet = serde_json::from_slice(&body)?;
         Ok(raw
             .keys
             .iter()

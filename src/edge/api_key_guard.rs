@@ -1,29 +1,31 @@
-//! Guessing the alerts API key: failed `X-API-Key` attempts are limited per client (an
-//! IPv6 client per /64). A client gets `burst` failures at once, then one per interval;
-//! once it runs out it is locked out until a token is back, and while locked out every
-//! attempt is refused (429) before the key is compared, so a right guess cannot be told
-//! from a wrong one at full speed.
+//! Wrong `X-API-Key` attempts on the alerts route, limited per client (an IPv6 client per
+//! /64): `burst` failures at once, then one per interval; past that a wrong key is answered
+//! 429 instead of 401 until a token is back.
+//!
+//! Only wrong keys are limited. The right key (compared in constant time by the route) is
+//! accepted whatever the failures before it: the client key is an address, and behind a
+//! load balancer (or a shared NAT) everyone shares one, so a lockout of all attempts let
+//! anyone lock the real key holder out with a few wrong keys. Guessing is kept infeasible by
+//! the key itself (production refuses keys under 32 bytes, `alerts::Config::validate`), not
+//! by this guard, which keeps floods of wrong keys cheap and visible
+//! (`analytics_rate_limited_total{reason="api_key"}`). See docs/OPERATIONS.md, "Discord
+//! alerts".
 
-use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
 
 use super::rate_limit::{LimitKind, RateLimited};
 
-/// Most clients kept locked out at once; expired lockouts are dropped past this.
-const MAX_LOCKED: usize = 10_000;
-/// Forget idle failure buckets after this many failures.
+/// Forget idle failure buckets after this many failures, so the key table stays bounded.
 const SWEEP_EVERY: u64 = 1024;
 
 /// Failed-key limits for the alerts route.
 pub struct ApiKeyGuard {
     failures: Option<DefaultKeyedRateLimiter<String>>,
-    locked_until: Mutex<HashMap<String, Instant>>,
     burst: u32,
     failed: AtomicU64,
 }
@@ -44,64 +46,37 @@ impl ApiKeyGuard {
         });
         ApiKeyGuard {
             failures: quota.map(DefaultKeyedRateLimiter::keyed),
-            locked_until: Mutex::new(HashMap::new()),
             burst,
             failed: AtomicU64::new(0),
         }
     }
 
-    /// Before the key is compared: refused while `client` is locked out.
-    pub fn check(&self, client: &str) -> Result<(), RateLimited> {
-        let locked = self.lock_table();
-        match locked.get(client) {
-            Some(until) if *until > Instant::now() => Err(self.refusal(*until)),
-            _ => Ok(()),
-        }
-    }
-
-    /// After a wrong key from `client`: takes a failure token; with none left the client
-    /// is locked out (and this attempt refused) until one is back.
+    /// After a wrong key from `client`: takes a failure token; with none left this attempt
+    /// is refused (429, counted) until one is back. Never called for the right key.
     pub fn failed(&self, client: &str) -> Result<(), RateLimited> {
         let Some(failures) = &self.failures else {
             return Ok(());
         };
         if self.failed.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
             failures.retain_recent();
+            failures.shrink_to_fit();
         }
         let Err(not_until) = failures.check_key(&client.to_owned()) else {
             return Ok(());
         };
-        let until = Instant::now() + not_until.wait_time_from(DefaultClock::default().now());
-        let mut locked = self.lock_table();
-        if locked.len() >= MAX_LOCKED {
-            let now = Instant::now();
-            locked.retain(|_, until| *until > now);
-        }
-        if locked.len() < MAX_LOCKED {
-            locked.insert(client.to_owned(), until);
-        }
         metrics::counter!(
             super::rate_limit::RATE_LIMITED_METRIC,
             "reason" => LimitKind::ApiKey.label(),
             "dry_run" => "false",
         )
         .increment(1);
-        Err(self.refusal(until))
-    }
-
-    fn refusal(&self, until: Instant) -> RateLimited {
-        let wait = until.saturating_duration_since(Instant::now());
-        RateLimited {
+        let wait = not_until.wait_time_from(DefaultClock::default().now());
+        Err(RateLimited {
             kind: LimitKind::ApiKey,
             retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
             burst: self.burst,
-        }
-    }
-
-    fn lock_table(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
-        self.locked_until
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            over_burst: false,
+        })
     }
 }
 
@@ -110,33 +85,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_client_out_of_failures_is_locked_out_and_others_are_not() {
+    fn a_client_out_of_failures_is_refused_and_others_are_not() {
         let guard = ApiKeyGuard::new(2, Duration::from_secs(60));
 
-        assert!(guard.check("a").is_ok());
         assert!(guard.failed("a").is_ok());
         assert!(guard.failed("a").is_ok());
         let refused = guard.failed("a").unwrap_err();
+        let again = guard.failed("a").unwrap_err();
 
         assert_eq!(refused.kind, LimitKind::ApiKey);
-        assert!(refused.retry_after_secs >= 59);
-        assert!(
-            guard.check("a").is_err(),
-            "locked out before the key is compared"
-        );
-        assert!(guard.check("b").is_ok());
-        assert!(guard.failed("b").is_ok());
+        assert!(refused.retry_after_secs >= 59, "{refused:?}");
+        assert!(again.retry_after_secs >= 59, "refusals take no token back");
+        assert!(guard.failed("b").is_ok(), "clients have their own buckets");
     }
 
     #[test]
-    fn the_lockout_ends_when_a_token_is_back() {
+    fn failures_are_allowed_again_when_a_token_is_back() {
         let guard = ApiKeyGuard::new(1, Duration::from_millis(50));
         assert!(guard.failed("a").is_ok());
         assert!(guard.failed("a").is_err());
 
         std::thread::sleep(Duration::from_millis(120));
 
-        assert!(guard.check("a").is_ok());
+        assert!(guard.failed("a").is_ok());
     }
 
     #[test]
@@ -146,6 +117,5 @@ mod tests {
         for _ in 0..100 {
             assert!(guard.failed("a").is_ok());
         }
-        assert!(guard.check("a").is_ok());
     }
 }

@@ -1,6 +1,10 @@
 //! Token-bucket rate limits per client IP (before auth) and per user id (after auth),
 //! with governor's GCRA. A refusal is a 429 with `Retry-After` and `RateLimit-*` headers;
 //! in dry-run mode refusals are only counted (`analytics_rate_limited_total`).
+//!
+//! A batch takes one token per item. A batch larger than the bucket could ever hold (more
+//! items than the burst) is refused as it is, charged nothing, with the time a drained
+//! bucket takes to fill: no batch setting has to match the burst, so any burst starts.
 
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -57,14 +61,36 @@ pub struct RateLimited {
     pub retry_after_secs: u64,
     /// The bucket size (`RateLimit-Limit`).
     pub burst: u32,
+    /// The request asked for more tokens than the bucket holds (a batch of more items than
+    /// the burst): it can never pass as it is, only split.
+    pub over_burst: bool,
+}
+
+impl RateLimited {
+    /// The `reason` label of `analytics_rate_limited_total`.
+    pub fn reason(&self) -> &'static str {
+        if self.over_burst {
+            "user_over_burst"
+        } else {
+            self.kind.label()
+        }
+    }
 }
 
 impl IntoResponse for RateLimited {
     fn into_response(self) -> Response {
-        let detail = format!(
-            "Too many requests: retry in {} seconds",
-            self.retry_after_secs
-        );
+        let detail = if self.over_burst {
+            format!(
+                "Too many items: the rate limit admits at most {} at once; split the batch \
+                 and retry in {} seconds",
+                self.burst, self.retry_after_secs
+            )
+        } else {
+            format!(
+                "Too many requests: retry in {} seconds",
+                self.retry_after_secs
+            )
+        };
         let mut response =
             (StatusCode::TOO_MANY_REQUESTS, Json(Detail::new(detail))).into_response();
         let headers = response.headers_mut();
@@ -83,6 +109,8 @@ struct Bucket {
     kind: LimitKind,
     limiter: KeyedLimiter,
     burst: u32,
+    /// How long a drained bucket takes to fill again.
+    refill: Duration,
 }
 
 impl Bucket {
@@ -98,27 +126,36 @@ impl Bucket {
             limiter: DefaultKeyedRateLimiter::<String>::keyed(quota)
                 .with_middleware::<StateInformationMiddleware>(),
             burst,
+            refill: period.saturating_mul(burst),
         })
     }
 
-    /// Takes `n` tokens (at least 1, at most the burst: settings validation keeps a batch
-    /// within the burst).
+    /// Takes `n` tokens (at least 1). More than the burst can never be taken: that is
+    /// refused at once, nothing taken, with `Retry-After` the time a drained bucket takes to
+    /// fill, after which a batch of up to `burst` items passes.
     fn check(&self, key: &str, n: usize) -> Result<(), RateLimited> {
-        let n = u32::try_from(n).unwrap_or(u32::MAX).clamp(1, self.burst);
-        let n = NonZeroU32::new(n).expect("clamped to at least 1");
-        let checked = self
-            .limiter
-            .check_key_n(&key.to_owned(), n)
-            .expect("n is within the burst");
-        checked.map(|_| ()).map_err(|not_until| {
-            let wait = not_until.wait_time_from(DefaultClock::default().now());
-            RateLimited {
-                kind: self.kind,
-                retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
-                burst: self.burst,
-            }
-        })
+        let n = NonZeroU32::new(u32::try_from(n).unwrap_or(u32::MAX)).unwrap_or(NonZeroU32::MIN);
+        let refused = |wait: Duration, over_burst| RateLimited {
+            kind: self.kind,
+            retry_after_secs: whole_seconds(wait),
+            burst: self.burst,
+            over_burst,
+        };
+        match self.limiter.check_key_n(&key.to_owned(), n) {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(not_until)) => Err(refused(
+                not_until.wait_time_from(DefaultClock::default().now()),
+                false,
+            )),
+            Err(governor::InsufficientCapacity(_)) => Err(refused(self.refill, true)),
+        }
     }
+}
+
+/// Seconds for `Retry-After`: rounded up, at least 1.
+fn whole_seconds(wait: Duration) -> u64 {
+    // `as` saturates: a wait beyond u64 seconds (a rate near 0) becomes u64::MAX.
+    wait.as_secs_f64().ceil().max(1.0) as u64
 }
 
 /// Both limits, built once from the settings.
@@ -191,15 +228,12 @@ impl RateLimits {
         // Labels stay low-cardinality and free of user ids and addresses.
         metrics::counter!(
             RATE_LIMITED_METRIC,
-            "reason" => bucket.kind.label(),
+            "reason" => limited.reason(),
             "dry_run" => if self.dry_run { "true" } else { "false" },
         )
         .increment(1);
         if self.dry_run {
-            tracing::debug!(
-                reason = bucket.kind.label(),
-                "rate limit exceeded (dry run)"
-            );
+            tracing::debug!(reason = limited.reason(), "rate limit exceeded (dry run)");
             Ok(())
         } else {
             Err(limited)
@@ -257,6 +291,80 @@ mod tests {
         assert!(limits.check_user_n("u", 4).is_err(), "3 tokens left");
         assert!(limits.check_user_n("u", 3).is_ok());
         assert!(limits.check_user("u").is_err());
+    }
+
+    #[test]
+    fn a_batch_larger_than_the_burst_is_refused_at_once_and_charged_nothing() {
+        let limits = RateLimits::new(&RateLimitConfig {
+            user_per_second: 0.5,
+            user_burst: 10,
+            ..RateLimitConfig::default()
+        });
+
+        let refused = limits.check_user_n("u", 11).unwrap_err();
+        let huge = limits.check_user_n("u", usize::MAX).unwrap_err();
+
+        assert_eq!(refused.kind, LimitKind::User);
+        assert!(refused.over_burst);
+        assert_eq!(refused.reason(), "user_over_burst");
+        assert_eq!(refused.retry_after_secs, 20, "10 tokens at 0.5 per second");
+        assert_eq!(refused.burst, 10);
+        assert!(huge.over_burst);
+        assert!(limits.check_user_n("u", 10).is_ok(), "nothing was taken");
+        let drained = limits.check_user("u").unwrap_err();
+        assert!(!drained.over_burst, "an empty bucket is the usual 429");
+        assert_eq!(drained.reason(), "user");
+    }
+
+    #[test]
+    fn refusals_over_the_burst_are_counted_by_reason() {
+        let recorder = metrics_util::debugging::DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        let limits = RateLimits::new(&RateLimitConfig {
+            user_per_second: 0.001,
+            user_burst: 1,
+            ..RateLimitConfig::default()
+        });
+
+        metrics::with_local_recorder(&recorder, || {
+            assert!(limits.check_user_n("u", 50).is_err());
+            assert!(limits.check_user_n("u", 2).is_err());
+            assert!(limits.check_user("u").is_ok());
+            assert!(limits.check_user("u").is_err());
+        });
+
+        // One snapshot: taking it drains the counters.
+        let snapshot = snapshotter.snapshot().into_vec();
+        let counted = |reason: &str| {
+            snapshot
+                .iter()
+                .filter(|(key, ..)| {
+                    key.key().name() == RATE_LIMITED_METRIC
+                        && key
+                            .key()
+                            .labels()
+                            .any(|l| l.key() == "reason" && l.value() == reason)
+                })
+                .map(|(.., value)| match value {
+                    metrics_util::debugging::DebugValue::Counter(n) => *n,
+                    other => panic!("a counter, not {other:?}"),
+                })
+                .sum::<u64>()
+        };
+        assert_eq!(counted("user_over_burst"), 2);
+        assert_eq!(counted("user"), 1);
+    }
+
+    #[test]
+    fn a_request_of_zero_rows_takes_one_token() {
+        let limits = RateLimits::new(&RateLimitConfig {
+            user_per_second: 0.001,
+            user_burst: 1,
+            ..RateLimitConfig::default()
+        });
+
+        assert!(limits.check_user_n("u", 0).is_ok());
+        assert!(limits.check_user_n("u", 0).is_err());
     }
 
     #[test]

@@ -133,21 +133,24 @@ pub struct AlertSender;
 impl FromRequestParts<AppState> for AlertSender {
     type Rejection = AlertRouteError;
 
-    /// `X-API-Key` when present (failures limited per client), else an admin JWT.
+    /// `X-API-Key` when present (the right key always passes; wrong ones are limited per
+    /// client, see `edge::api_key_guard`), else an admin JWT.
     async fn from_request_parts(
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, AlertRouteError> {
         if let Some(given) = parts.headers.get(API_KEY_HEADER) {
-            let hops = state.edge.rate_limits.trusted_proxy_hops;
-            let client = client_ip_of(&parts.extensions, &parts.headers, hops)
-                .map_or_else(|| "unknown".to_owned(), limit_key);
-            let guard = &state.edge.api_key_guard;
-            guard.check(&client).map_err(ApiError::from)?;
             if is_api_key(state, given) {
                 return Ok(AlertSender);
             }
-            guard.failed(&client).map_err(ApiError::from)?;
+            let hops = state.edge.rate_limits.trusted_proxy_hops;
+            let client = client_ip_of(&parts.extensions, &parts.headers, hops)
+                .map_or_else(|| "unknown".to_owned(), limit_key);
+            state
+                .edge
+                .api_key_guard
+                .failed(&client)
+                .map_err(ApiError::from)?;
             return Err(AlertRouteError::BadApiKey);
         }
         if Caller::from_request_parts(parts, state).await?.is_admin {

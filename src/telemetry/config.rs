@@ -40,6 +40,7 @@ impl Config {
         if !(0.0..=1.0).contains(&self.sentry.traces_sample_rate) {
             return Err("SENTRY_TRACES_SAMPLE_RATE must be between 0.0 and 1.0".to_owned());
         }
+        self.sentry.parsed_dsn()?;
         Ok(())
     }
 }
@@ -87,6 +88,21 @@ impl SentryConfig {
     /// The DSN, trimmed; `None` when blank (Sentry off).
     pub fn dsn(&self) -> Option<&str> {
         Some(self.dsn.expose_secret().trim()).filter(|dsn| !dsn.is_empty())
+    }
+
+    /// The DSN parsed, `None` when blank. The error names the setting and what is wrong
+    /// (the parser's reasons carry no part of the value), never the DSN: it holds a key.
+    pub fn parsed_dsn(&self) -> Result<Option<sentry::types::Dsn>, String> {
+        self.dsn()
+            .map(|dsn| {
+                dsn.parse::<sentry::types::Dsn>().map_err(|reason| {
+                    format!(
+                        "SENTRY_DSN is not a Sentry DSN ({reason}): expected \
+                         https://<public key>@<host>/<project id>, or empty for no Sentry"
+                    )
+                })
+            })
+            .transpose()
     }
 
     /// `untraced_routes` as a list, blanks dropped.

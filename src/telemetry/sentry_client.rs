@@ -8,10 +8,11 @@ use super::Config;
 use super::scrub::Scrubber;
 use super::transport::ScrubbingTransportFactory;
 
-/// The options for `sentry::init`, or `None` when `SENTRY_DSN` is empty (Sentry off).
-/// `scrubber` removes secrets from everything that leaves.
+/// The options for `sentry::init`, or `None` when `SENTRY_DSN` is empty (Sentry off) or
+/// not a DSN (settings validation refuses that at start-up; `ClientOptions::dsn` would
+/// panic). `scrubber` removes secrets from everything that leaves.
 pub fn client_options(config: &Config, scrubber: Scrubber) -> Option<ClientOptions> {
-    let dsn = config.sentry.dsn()?;
+    let dsn = config.sentry.parsed_dsn().ok().flatten()?;
     let scrubber = Arc::new(scrubber);
     let (for_events, for_logs, for_breadcrumbs) =
         (scrubber.clone(), scrubber.clone(), scrubber.clone());
@@ -24,9 +25,10 @@ pub fn client_options(config: &Config, scrubber: Scrubber) -> Option<ClientOptio
         Arc::new(sentry::transports::DefaultTransportFactory),
         scrubber,
     );
+    let mut options = ClientOptions::new();
+    options.dsn = Some(dsn);
     Some(
-        ClientOptions::new()
-            .dsn(dsn)
+        options
             .environment(config.environment.clone())
             .release(concat!(
                 env!("CARGO_PKG_NAME"),
@@ -89,6 +91,17 @@ mod tests {
             "http.server",
             [("sentry-trace", header.as_str())],
         )
+    }
+
+    #[test]
+    fn a_dsn_that_does_not_parse_gives_no_client_rather_than_a_panic() {
+        let mut config = Config::for_tests();
+        config.sentry.dsn = secrecy::SecretString::from("http://".to_owned());
+
+        let options = client_options(&config, Scrubber::with_secrets(Vec::new()));
+
+        assert!(options.is_none());
+        assert!(config.validate().unwrap_err().contains("SENTRY_DSN"));
     }
 
     #[test]

@@ -347,3 +347,107 @@ async fn old_keys_are_served_at_once_while_one_background_fetch_replaces_them() 
     );
     assert_eq!(fetches(&server).await, 1, "one background fetch at a time");
 }
+
+/// A key set holding `es`'s key, padded with an unused field to more than `bytes`.
+fn padded_key_set(es: &TestKey, bytes: usize) -> Vec<u8> {
+    let set = json!({ "keys": [es.jwk()], "padding": "x".repeat(bytes) });
+    serde_json::to_vec(&set).unwrap()
+}
+
+async fn spawn_with_cap(url: String, max_bytes: usize) -> TestApp {
+    TestApp::spawn_with(Backend::Sqlite, |s| {
+        s.auth.jwks_url = Some(url);
+        s.auth.jwt_verify_key = None;
+        s.auth.jwks_max_bytes = max_bytes;
+    })
+    .await
+}
+
+/// A key server answering every request with `body` in 64 KiB chunks
+/// (`Transfer-Encoding: chunked`, so no `Content-Length` announces the size); on a thread
+/// of its own, for the life of the test binary.
+fn serve_chunked(body: Vec<u8>) -> String {
+    use std::io::{Read, Write};
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for socket in listener.incoming() {
+            let Ok(mut socket) = socket else { return };
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match socket.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let mut answer = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                transfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+                .to_vec();
+            for chunk in body.chunks(64 * 1024) {
+                answer.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+                answer.extend_from_slice(chunk);
+                answer.extend_from_slice(b"\r\n");
+            }
+            answer.extend_from_slice(b"0\r\n\r\n");
+            // The service may hang up once it has read its limit: not an error here.
+            let _ = socket.write_all(&answer);
+        }
+    });
+    url
+}
+
+async fn assert_keys_unavailable(app: &TestApp, token: &str) {
+    let response = app
+        .post_json(METRIC, &metric_body("m", 1, "d"), Some(token))
+        .await;
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(
+        body,
+        json!({"detail": "Signing keys are unavailable; retry later"})
+    );
+}
+
+/// An answer over `auth.jwks_max_bytes` (here announced by its `Content-Length`) is a failed
+/// fetch: the token needing it gets the fetch-failure 503. The same answer under a larger
+/// cap holds a good key, so only the size made the fetch fail.
+#[tokio::test]
+async fn a_key_set_answer_over_the_size_cap_is_a_failed_fetch() {
+    let server = MockServer::start().await;
+    let es = TestKey::es256("ec-a", "es256_a.pem");
+    let body = padded_key_set(&es, 1536 * 1024);
+    Mock::given(method("GET"))
+        .and(path("/jwks.json"))
+        .respond_with(ResponseTemplate::new(200).set_body_raw(body, "application/json"))
+        .mount(&server)
+        .await;
+    let url = format!("{}/jwks.json", server.uri());
+    let capped = spawn_with_cap(url.clone(), 1024 * 1024).await;
+    let roomy = spawn_with_cap(url, 4 * 1024 * 1024).await;
+
+    assert_keys_unavailable(&capped, &es.token("u")).await;
+    let (roomy_status, roomy_body) = send(&roomy, &es.token("u")).await;
+
+    assert_eq!(roomy_status, 200, "{roomy_body}");
+    assert!(
+        fetches(&server).await >= 3,
+        "the capped service did fetch (start-up and for the token)"
+    );
+}
+
+/// Without a `Content-Length` the answer is counted as it arrives and given up at the cap.
+#[tokio::test]
+async fn a_chunked_key_set_answer_over_the_size_cap_is_a_failed_fetch() {
+    let es = TestKey::es256("ec-a", "es256_a.pem");
+    let url = serve_chunked(padded_key_set(&es, 3 * 1024 * 1024));
+    let capped = spawn_with_cap(url.clone(), 1024 * 1024).await;
+    let roomy = spawn_with_cap(url, 8 * 1024 * 1024).await;
+
+    assert_keys_unavailable(&capped, &es.token("u")).await;
+    let (roomy_status, roomy_body) = send(&roomy, &es.token("u")).await;
+
+    assert_eq!(roomy_status, 200, "{roomy_body}");
+}

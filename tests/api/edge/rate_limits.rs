@@ -100,20 +100,21 @@ async fn one_request_over_the_user_burst_gets_429_and_other_users_are_unaffected
     assert_eq!(other_user.status(), 200);
 }
 
-/// A batch takes one token per item: the limit counts rows stored, not requests.
+/// A batch takes one token per item: the limit counts rows stored, not requests. A batch
+/// over the burst (here with `ingest.batch_max_items` at its 1000) takes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_takes_one_user_token_per_item() {
     let app = TestApp::spawn_with(Backend::Sqlite, |s| {
         s.edge.rate_limit.ip_per_second = 0.0;
         s.edge.rate_limit.user_per_second = 0.001;
         s.edge.rate_limit.user_burst = 10;
-        s.batch.max_items = 10;
     })
     .await;
     let alice = app.token("alice");
     let batch = |n: usize| serde_json::Value::Array(vec![metric_body("m", 1, "d"); n]);
     let batch_path = "/api/analytics/log_raw_metric/batch";
 
+    let eleven = app.post_json(batch_path, &batch(11), Some(&alice)).await;
     let seven = app.post_json(batch_path, &batch(7), Some(&alice)).await;
     let four = app.post_json(batch_path, &batch(4), Some(&alice)).await;
     let three = app.post_json(batch_path, &batch(3), Some(&alice)).await;
@@ -121,11 +122,66 @@ async fn a_batch_takes_one_user_token_per_item() {
         .post_json(PATH, &metric_body("m", 1, "d"), Some(&alice))
         .await;
 
-    assert_eq!(seven.status(), 200);
+    assert_eq!(eleven.status(), 429, "more items than the bucket holds");
+    assert_eq!(seven.status(), 200, "the refused batch took no tokens");
     assert_eq!(four.status(), 429, "only 3 tokens are left");
     assert_eq!(three.status(), 200);
     assert_rate_limited(one_more, 10).await;
     assert_eq!(app.count_rows(r#""AnalyticsMetrics""#).await, 10);
+}
+
+/// A burst of 1 (settings accept it): a batch of 50 can never fit the bucket, so it is
+/// answered 429 at once, with the time a drained bucket takes to fill, and charges nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_larger_than_the_user_burst_gets_429_and_a_single_event_still_passes() {
+    let app = TestApp::spawn_with(Backend::Sqlite, |s| {
+        s.edge.rate_limit.ip_per_second = 0.0;
+        s.edge.rate_limit.user_per_second = 0.01;
+        s.edge.rate_limit.user_burst = 1;
+    })
+    .await;
+    let alice = app.token("alice");
+    let metrics = serde_json::Value::Array(vec![metric_body("m", 1, "d"); 50]);
+    let events = serde_json::Value::Array(vec![event_body("t", json!({}), "i"); 50]);
+
+    let metric_batch = app
+        .post_json(
+            "/api/analytics/log_raw_metric/batch",
+            &metrics,
+            Some(&alice),
+        )
+        .await;
+    let event_batch = app
+        .post_json(
+            "/api/analytics/log_raw_analytics/batch",
+            &events,
+            Some(&alice),
+        )
+        .await;
+    let single = app
+        .post_json(PATH, &metric_body("m", 1, "d"), Some(&alice))
+        .await;
+    let next_single = app
+        .post_json(PATH, &metric_body("m", 1, "d"), Some(&alice))
+        .await;
+
+    for over in [metric_batch, event_batch] {
+        assert_eq!(over.status(), 429);
+        let headers = over.headers().clone();
+        assert_eq!(headers["retry-after"], "100", "1 token at 0.01 per second");
+        assert_eq!(headers["ratelimit-limit"], "1");
+        assert_eq!(headers["ratelimit-remaining"], "0");
+        let body: Value = over.json().await.unwrap();
+        assert_eq!(
+            body,
+            json!({"detail": "Too many items: the rate limit admits at most 1 at once; \
+                split the batch and retry in 100 seconds"})
+        );
+    }
+    assert_eq!(single.status(), 200, "the refused batches took no token");
+    assert_rate_limited(next_single, 1).await;
+    assert_eq!(app.count_rows(r#""AnalyticsMetrics""#).await, 1);
+    assert_eq!(app.count_rows(r#""AnalyticsDetails""#).await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

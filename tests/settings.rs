@@ -323,6 +323,30 @@ fn every_secret_is_known_to_the_scrubbers() {
     }
 }
 
+#[test]
+fn slow_bodies_are_cut_by_default_and_the_per_client_cap_is_off_until_set() {
+    let settings = load_with(&[]).unwrap();
+    let set = load_with(&[
+        ("APP_SERVER__BODY_READ_TIMEOUT_SECS", "3"),
+        ("APP_SERVER__BODY_MIN_RATE_BYTES_PER_SEC", "0"),
+        ("APP_SERVER__MAX_CONNECTIONS_PER_CLIENT", "256"),
+    ])
+    .unwrap();
+    let zero_timeout = error_of(&[("APP_SERVER__BODY_READ_TIMEOUT_SECS", "0")]);
+
+    assert_eq!(settings.server.body_read_timeout, Duration::from_secs(10));
+    assert_eq!(settings.server.body_min_rate_bytes_per_sec, 16384);
+    assert_eq!(settings.server.max_connections_per_client, 0);
+    let limits = set.server.connection_limits();
+    assert_eq!(limits.body_read_timeout, Duration::from_secs(3));
+    assert_eq!(limits.body_min_rate, 0);
+    assert_eq!(limits.max_connections_per_client, 256);
+    assert!(
+        zero_timeout.contains("body_read_timeout_secs"),
+        "{zero_timeout}"
+    );
+}
+
 /// The configs built in code for unit tests (and the serde fallbacks of `[rate_limit]` and
 /// `[browser]`) say they hold the values of `config/default.toml`: they must not drift.
 #[test]

@@ -46,6 +46,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         (status = 200, description = "Sent, or suppressed as a duplicate", body = AlertSent),
         (status = 401, description = "No or wrong credentials", body = Detail),
         (status = 403, description = "A valid JWT that is not an admin's", body = Detail),
+        (status = 408, description = "Body not received in time; the connection is closed", body = Detail),
         (status = 413, description = "Body over the limit", body = Detail),
         (status = 422, description = "Blank content or an unknown channel", body = ValidationErrorBody),
         (status = 429, description = "A rate limit applies", body = Detail),

@@ -41,6 +41,8 @@ pub fn router(state: AppState, batch_body_limit: usize, serve_metrics: bool) -> 
     } else {
         routes
     };
+    // Innermost of the edge, so that CORS and the request metrics see the 408.
+    let routes = routes.layer(axum::middleware::from_fn(crate::server::answer_late_bodies));
     let hardened = crate::edge::harden(routes, &state.edge);
     crate::telemetry::http::instrument(hardened).with_state(state)
 }

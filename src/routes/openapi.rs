@@ -192,6 +192,10 @@ pub enum ErrorResponses {
     /// `X-Act-As-User-Id` from a user who is not an admin.
     #[response(status = 403)]
     Forbidden(Detail),
+    /// The body did not arrive in time (`server.body_read_timeout_secs`, extended by
+    /// `server.body_min_rate_bytes_per_sec`); the connection is closed.
+    #[response(status = 408, headers(("Connection" = String, description = "`close`")))]
+    BodyTimedOut(Detail),
     /// The body is over the route's limit (decompressed bytes count).
     #[response(status = 413)]
     TooLarge(Detail),

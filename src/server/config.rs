@@ -31,9 +31,24 @@ pub struct Config {
     #[serde_as(as = "DurationSeconds<u64>")]
     #[serde(rename = "keep_alive_idle_secs", default = "default_keep_alive_idle")]
     pub keep_alive_idle: Duration,
+    /// A request body must arrive within this of the server starting to read it (plus
+    /// what `body_min_rate_bytes_per_sec` earns), else 408 and the connection is closed.
+    #[serde_as(as = "DurationSeconds<u64>")]
+    #[serde(
+        rename = "body_read_timeout_secs",
+        default = "default_body_read_timeout"
+    )]
+    pub body_read_timeout: Duration,
+    /// Every this many body bytes received extend the body's deadline by one second, so a
+    /// large body on a slow link is not cut; 0: no extension.
+    #[serde(default = "default_body_min_rate")]
+    pub body_min_rate_bytes_per_sec: u64,
     /// Most connections open at once.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Most connections open at once from one client (IPv4 address, IPv6 /64); 0: no cap.
+    #[serde(default)]
+    pub max_connections_per_client: usize,
     /// Largest request head (request line and headers), in bytes.
     #[serde(default = "default_max_header_bytes")]
     pub max_header_bytes: usize,
@@ -51,6 +66,14 @@ fn default_header_read_timeout() -> Duration {
 
 fn default_keep_alive_idle() -> Duration {
     Duration::from_secs(75)
+}
+
+fn default_body_read_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_body_min_rate() -> u64 {
+    16 * 1024
 }
 
 fn default_max_connections() -> usize {
@@ -74,7 +97,10 @@ impl Default for Config {
             shutdown_timeout: Duration::from_secs(20),
             header_read_timeout: default_header_read_timeout(),
             keep_alive_idle: default_keep_alive_idle(),
+            body_read_timeout: default_body_read_timeout(),
+            body_min_rate_bytes_per_sec: default_body_min_rate(),
             max_connections: default_max_connections(),
+            max_connections_per_client: 0,
             max_header_bytes: default_max_header_bytes(),
             http2_enabled: false,
             http2_max_concurrent_streams: default_http2_max_concurrent_streams(),
@@ -88,7 +114,10 @@ impl Config {
         ConnectionLimits {
             header_read_timeout: self.header_read_timeout,
             keep_alive_idle: self.keep_alive_idle,
+            body_read_timeout: self.body_read_timeout,
+            body_min_rate: self.body_min_rate_bytes_per_sec,
             max_connections: self.max_connections,
+            max_connections_per_client: self.max_connections_per_client,
             max_header_bytes: self.max_header_bytes,
             http2_max_concurrent_streams: self
                 .http2_enabled
@@ -103,6 +132,9 @@ impl Config {
                 "server.header_read_timeout_secs and server.max_connections must be at least 1"
                     .to_owned(),
             );
+        }
+        if self.body_read_timeout.is_zero() {
+            return Err("server.body_read_timeout_secs must be at least 1".to_owned());
         }
         if self.keep_alive_idle.is_zero() || self.http2_max_concurrent_streams == 0 {
             return Err(

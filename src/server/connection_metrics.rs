@@ -1,5 +1,6 @@
 //! The accept loop's metrics: open connections, connections the server closed and why,
-//! and how often every connection slot was taken.
+//! connections refused at accept, and how often every connection slot was taken. No label
+//! ever carries an address.
 
 use metrics::{Counter, Gauge, counter, describe_counter, describe_gauge, gauge};
 
@@ -7,10 +8,13 @@ use super::deadline::CloseReason;
 
 /// Connections open now.
 pub const CONNECTIONS_OPEN: &str = "analytics_connections_open";
-/// Connections the server closed, by `reason` (`header_timeout`, `idle`).
+/// Connections the server closed, by `reason` (`header_timeout`, `idle`, `body_timeout`).
 pub const CONNECTIONS_CLOSED: &str = "analytics_connections_closed_total";
 /// Times every slot (`server.max_connections`) was taken, so new clients waited.
 pub const CONNECTIONS_LIMIT_REACHED: &str = "analytics_connections_limit_reached_total";
+/// Connections closed at accept, by `reason` (`per_client`: the client had
+/// `server.max_connections_per_client` open).
+pub const CONNECTIONS_REFUSED: &str = "analytics_connections_refused_total";
 
 /// Handles registered once per server, cloned into each connection's task.
 #[derive(Clone)]
@@ -18,6 +22,9 @@ pub struct ConnectionMetrics {
     open: Gauge,
     header_timeout: Counter,
     idle: Counter,
+    body_timeout: Counter,
+    /// Incremented by the accept loop when a client is over its connection cap.
+    pub refused_per_client: Counter,
     /// Incremented by the accept loop when it has to wait for a free slot.
     pub limit_reached: Counter,
 }
@@ -28,7 +35,12 @@ impl ConnectionMetrics {
         describe_gauge!(CONNECTIONS_OPEN, "Open client connections");
         describe_counter!(
             CONNECTIONS_CLOSED,
-            "Connections the server closed: no request head in time, or idle"
+            "Connections the server closed: no request head in time, idle, or a request body \
+             not received in time"
+        );
+        describe_counter!(
+            CONNECTIONS_REFUSED,
+            "Connections closed at accept: the client had its most connections open"
         );
         describe_counter!(
             CONNECTIONS_LIMIT_REACHED,
@@ -38,6 +50,8 @@ impl ConnectionMetrics {
             open: gauge!(CONNECTIONS_OPEN),
             header_timeout: counter!(CONNECTIONS_CLOSED, "reason" => "header_timeout"),
             idle: counter!(CONNECTIONS_CLOSED, "reason" => "idle"),
+            body_timeout: counter!(CONNECTIONS_CLOSED, "reason" => "body_timeout"),
+            refused_per_client: counter!(CONNECTIONS_REFUSED, "reason" => "per_client"),
             limit_reached: counter!(CONNECTIONS_LIMIT_REACHED),
         }
     }
@@ -53,6 +67,7 @@ impl ConnectionMetrics {
         match reason {
             CloseReason::HeaderTimeout => self.header_timeout.increment(1),
             CloseReason::Idle => self.idle.increment(1),
+            CloseReason::BodyTimeout => self.body_timeout.increment(1),
         }
     }
 }

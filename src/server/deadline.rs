@@ -34,6 +34,9 @@ pub enum CloseReason {
     HeaderTimeout,
     /// A keep-alive connection with no request for the idle timeout.
     Idle,
+    /// An HTTP/1 request body not received in time (`server/body_deadline.rs`): answered
+    /// 408, then closed.
+    BodyTimeout,
 }
 
 /// What one connection is doing, shared by its socket and its service.
@@ -93,6 +96,11 @@ impl Activity {
         state.http1 = version < Version::HTTP_2;
         state.phase = Phase::Busy;
         InFlight(self.clone())
+    }
+
+    /// The connection is closed after the answer now being written, for `reason`.
+    pub fn closing_for(&self, reason: CloseReason) {
+        self.state().closed = Some(reason);
     }
 
     /// Why the server closed the connection, if it did.
@@ -178,6 +186,7 @@ impl<I> DeadlineIo<I> {
                 let what = match reason {
                     CloseReason::HeaderTimeout => "no complete request head in time",
                     CloseReason::Idle => "idle keep-alive connection",
+                    CloseReason::BodyTimeout => "request body not received in time",
                 };
                 return Poll::Ready(io::Error::new(io::ErrorKind::TimedOut, what));
             }

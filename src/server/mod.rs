@@ -1,11 +1,14 @@
 //! The HTTP/1 (and, when enabled, cleartext HTTP/2) accept loop, with the connection limits
 //! `axum::serve` does not expose: a deadline for each connection's request heads and idle
-//! spells (`server/deadline.rs`), a cap on open connections and on the header buffer, and
-//! their metrics.
+//! spells (`server/deadline.rs`), one for request bodies (`server/body_deadline.rs`), a cap
+//! on open connections, per client (`server/client_cap.rs`) and in all, and on the header
+//! buffer, and their metrics.
 //!
 //! Every request carries `ConnectInfo<SocketAddr>` (the peer), which the per-IP rate limit
 //! reads when no trusted proxy names the client.
 
+mod body_deadline;
+mod client_cap;
 mod config;
 mod connection_metrics;
 mod deadline;
@@ -28,9 +31,14 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tower::ServiceExt;
 
+use body_deadline::{BodyPace, DeadlineBody, LateBody, late_body_answer};
+pub use body_deadline::{LATE_BODY_DETAIL, answer_late_bodies};
+use client_cap::ClientCap;
 use connection_metrics::ConnectionMetrics;
-pub use connection_metrics::{CONNECTIONS_CLOSED, CONNECTIONS_LIMIT_REACHED, CONNECTIONS_OPEN};
-use deadline::{Activity, DeadlineIo, Timeouts};
+pub use connection_metrics::{
+    CONNECTIONS_CLOSED, CONNECTIONS_LIMIT_REACHED, CONNECTIONS_OPEN, CONNECTIONS_REFUSED,
+};
+use deadline::{Activity, CloseReason, DeadlineIo, Timeouts};
 
 pub use config::Config;
 
@@ -45,8 +53,15 @@ pub struct ConnectionLimits {
     pub header_read_timeout: Duration,
     /// A connection with no request in flight is closed when no request starts within this.
     pub keep_alive_idle: Duration,
+    /// A request body is due within this of the server starting to read it…
+    pub body_read_timeout: Duration,
+    /// …plus one second per this many bytes received (0: no extension).
+    pub body_min_rate: u64,
     /// Most connections open at once; further clients wait in the listen backlog.
     pub max_connections: usize,
+    /// Most connections open at once from one client (IPv4 address, IPv6 /64); further ones
+    /// are closed at accept. 0: no cap.
+    pub max_connections_per_client: usize,
     /// Largest request head (request line + headers), in bytes.
     pub max_header_bytes: usize,
     /// Cleartext HTTP/2 (prior knowledge) with at most this many streams per connection;
@@ -69,6 +84,11 @@ pub async fn serve(
         header: limits.header_read_timeout,
         idle: limits.keep_alive_idle,
     };
+    let pace = BodyPace {
+        timeout: limits.body_read_timeout,
+        min_rate: limits.body_min_rate,
+    };
+    let clients = ClientCap::new(limits.max_connections_per_client);
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -91,6 +111,19 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
+        let client = match &clients {
+            Some(clients) => match clients.admit(peer.ip()) {
+                Some(client) => Some(client),
+                None => {
+                    // Dropped unanswered: answering would mean reading the request, which
+                    // is the work the cap saves. The slot's permit goes back with it.
+                    metrics.refused_per_client.increment(1);
+                    tracing::debug!("connection refused: the client has its most open");
+                    continue;
+                }
+            },
+            None => None,
+        };
         let open = metrics.opened();
         // Answers are one small write each: never hold them back waiting for an ACK (Nagle).
         if let Err(err) = stream.set_nodelay(true) {
@@ -98,7 +131,7 @@ pub async fn serve(
         }
         let activity = Activity::new(timeouts);
         let io = TokioIo::new(DeadlineIo::new(stream, activity.clone()));
-        let service = tracked_service(router.clone(), peer, activity.clone());
+        let service = tracked_service(router.clone(), peer, activity.clone(), pace);
         let connection = builder.serve_connection(io, service).into_owned();
         let connection = graceful.watch(connection);
         let metrics = metrics.clone();
@@ -116,6 +149,7 @@ pub async fn serve(
                 }
             }
             drop(open);
+            drop(client);
             drop(permit);
         });
     }
@@ -147,26 +181,42 @@ fn connection_builder(limits: &ConnectionLimits) -> Builder<TokioExecutor> {
     }
 }
 
-/// The router for one connection: each request carries the peer address and is marked in
-/// flight on `activity` until its answer is ready.
+/// The router for one connection: each request carries the peer address, is marked in
+/// flight on `activity` until its answer is ready, and has its body read under `pace`.
 fn tracked_service(
     router: Router,
     peer: SocketAddr,
     activity: Arc<Activity>,
+    pace: BodyPace,
 ) -> impl hyper::service::Service<
     Request<Incoming>,
     Response = Response,
     Error = Infallible,
     Future: Send + 'static,
 > {
-    TowerToHyperService::new(tower::service_fn(move |mut request: Request<Incoming>| {
-        request.extensions_mut().insert(ConnectInfo(peer));
-        let in_flight = activity.request_started(request.version());
+    TowerToHyperService::new(tower::service_fn(move |request: Request<Incoming>| {
+        let version = request.version();
+        let late = LateBody::default();
+        let (mut parts, body) = request.into_parts();
+        parts.extensions.insert(ConnectInfo(peer));
+        parts.extensions.insert(late.clone());
+        let request = Request::from_parts(parts, DeadlineBody::new(body, pace, late.clone()));
+        let in_flight = activity.request_started(version);
         let answer = router.clone().oneshot(request);
+        let activity = activity.clone();
         async move {
-            let response = answer.await;
+            let Ok(mut response) = answer.await;
+            if late.is_late() {
+                // A router without `answer_late_bodies` still gives the documented answer.
+                if response.status() != axum::http::StatusCode::REQUEST_TIMEOUT {
+                    response = late_body_answer(version);
+                }
+                if version < axum::http::Version::HTTP_2 {
+                    activity.closing_for(CloseReason::BodyTimeout);
+                }
+            }
             drop(in_flight);
-            response
+            Ok::<_, Infallible>(response)
         }
     }))
 }

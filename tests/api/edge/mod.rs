@@ -1,5 +1,5 @@
-//! The edge protections (issues 6 and 13): limits, connections, rate limits, browser
-//! ingestion, OpenAPI.
+//! The edge protections (issues 6, 13 and 20): limits, connections, rate limits, browser
+//! ingestion, OpenAPI, slow requests holding connection slots.
 
 mod browser;
 mod connections;
@@ -7,3 +7,4 @@ mod limits;
 mod openapi;
 mod rate_limits;
 pub mod raw;
+mod slot_holders;

@@ -107,9 +107,12 @@ async fn the_spec_is_openapi_3_1_with_the_frontend_operation_ids_errors_and_bear
         let codes: BTreeSet<&str> = responses.keys().map(String::as_str).collect();
         assert_eq!(
             codes,
-            BTreeSet::from(["200", "401", "403", "413", "422", "429", "500", "503"])
+            BTreeSet::from([
+                "200", "401", "403", "408", "413", "422", "429", "500", "503"
+            ])
         );
         assert!(responses["429"]["headers"]["Retry-After"].is_object());
+        assert!(responses["408"]["headers"]["Connection"].is_object());
         let body_ref = |code: &str| {
             responses[code]["content"]["application/json"]["schema"]["$ref"]
                 .as_str()

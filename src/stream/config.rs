@@ -153,7 +153,7 @@ impl Default for LoaderConfig {
         LoaderConfig {
             enabled: false,
             batch: 500,
-            max_fetch_bytes: 8 * 1024 * 1024,
+            max_fetch_bytes: 4 * 1024 * 1024,
             max_statement_bytes: 15 * 1024,
             workers_per_table: 4,
             fetch_wait: Duration::from_millis(200),

@@ -6,6 +6,12 @@
 //! A row the database refuses for a reason a retry will not fix is retried alone, and once
 //! delivered `max_deliver` times it goes to the table's dead-letter subject with the reason;
 //! the rows behind it are loaded meanwhile.
+//!
+//! A worker's memory is bounded by its fetch budget, not by the backlog: each pull asks for
+//! at most `batch` messages and `max_fetch_bytes` bytes, and the next pull is sent only once
+//! every message of the last is acknowledged (or handed back), so a worker holds, and leaves
+//! unacknowledged, at most one pull. A message larger than the budget, which nats-server
+//! never sends to such a pull (409 "Message Size Exceeds MaxBytes"), is pulled alone.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};

@@ -2,6 +2,7 @@
 //! events near the size limit is loaded by a process that stays small, each row once.
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use analytics_service::domain::{NewAnalyticsEvent, NewMetric};
 use analytics_service::settings::Settings;
@@ -62,10 +63,15 @@ async fn stored_ids(database_url: &str, table: Table) -> (HashSet<String>, usize
     (ids.into_iter().map(|(id,)| id).collect(), rows)
 }
 
-/// Waits until every id is in `table`, then checks that nothing else is and that none is
-/// there twice.
-async fn assert_loaded_once(database_url: &str, table: Table, ids: &HashSet<String>) {
-    let (stored, rows) = eventually("every row to be loaded", secs(240), async || {
+/// Waits until every id is in `table` (for at most `within`), then checks that nothing else
+/// is and that none is there twice.
+async fn assert_loaded_once(
+    database_url: &str,
+    table: Table,
+    ids: &HashSet<String>,
+    within: Duration,
+) {
+    let (stored, rows) = eventually("every row to be loaded", within, async || {
         let (stored, rows) = stored_ids(database_url, table).await;
         ids.is_subset(&stored).then_some((stored, rows))
     })
@@ -90,8 +96,8 @@ async fn a_backlog_of_900_kb_rows_keeps_the_loader_under_256_mib() {
 
     // The binary's defaults: the helper's 3 s ack wait is set back to the default 30 s.
     let loader = loader_process_with(&settings, &[("APP_LOADER__ACK_WAIT_MS", "30000")]).await;
-    assert_loaded_once(&database.url(), Table::Details, &event_ids).await;
-    assert_loaded_once(&database.url(), Table::Metrics, &metric_ids).await;
+    assert_loaded_once(&database.url(), Table::Details, &event_ids, secs(240)).await;
+    assert_loaded_once(&database.url(), Table::Metrics, &metric_ids, secs(60)).await;
 
     let peak = loader.peak_rss_mib();
     eprintln!("backlog of 150 events and 150 metrics of 900 KB: loader peak RSS {peak} MiB");
@@ -115,6 +121,6 @@ async fn a_message_larger_than_the_fetch_budget_is_still_loaded() {
     ids.extend(publish(&settings, events(5, 100)).await);
 
     let loader = InProcessLoader::start(&settings).await;
-    assert_loaded_once(&database.url(), Table::Details, &ids).await;
+    assert_loaded_once(&database.url(), Table::Details, &ids, secs(60)).await;
     loader.stop().await;
 }

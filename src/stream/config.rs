@@ -110,6 +110,11 @@ pub struct LoaderConfig {
     pub enabled: bool,
     /// Most messages fetched at once by one worker.
     pub batch: usize,
+    /// Most bytes one worker's pull asks for (the `max_bytes` of the pull request). A
+    /// worker pulls again only once every message of its last pull is acknowledged, so
+    /// this bounds both the bytes it buffers and its unacknowledged window; a message
+    /// larger than this is pulled alone (see `loader.rs`).
+    pub max_fetch_bytes: usize,
     /// Most bytes of row data in one insert statement (each row at its upper bound; a row
     /// alone always fits). Over TLS a statement larger than a TLS record stalls (see
     /// `ingest.max_batch_bytes`).
@@ -148,6 +153,7 @@ impl Default for LoaderConfig {
         LoaderConfig {
             enabled: false,
             batch: 500,
+            max_fetch_bytes: 4 * 1024 * 1024,
             max_statement_bytes: 15 * 1024,
             workers_per_table: 4,
             fetch_wait: Duration::from_millis(200),
@@ -171,6 +177,14 @@ impl LoaderConfig {
             return Err(
                 "loader.batch, loader.max_statement_bytes, loader.workers_per_table \
                         and loader.max_deliver must be at least 1"
+                    .to_owned(),
+            );
+        }
+        // 0 would be no limit at all in a pull request: the bound this setting exists for.
+        if self.max_fetch_bytes == 0 {
+            return Err(
+                "loader.max_fetch_bytes must be at least 1 (bytes one worker's pull \
+                        asks for; a message larger than it is still pulled, alone)"
                     .to_owned(),
             );
         }
@@ -218,9 +232,20 @@ mod tests {
             batch: 0,
             ..LoaderConfig::default()
         };
+        let no_fetch_bytes = LoaderConfig {
+            max_fetch_bytes: 0,
+            ..LoaderConfig::default()
+        };
+        let tiny_fetch_bytes = LoaderConfig {
+            max_fetch_bytes: 1,
+            ..LoaderConfig::default()
+        };
 
         assert!(empty.validate().unwrap_err().contains("NATS_URL"));
         assert!(replicas.validate().unwrap_err().contains("stream_replicas"));
         assert!(no_batch.validate().unwrap_err().contains("loader.batch"));
+        let refused = no_fetch_bytes.validate().unwrap_err();
+        assert!(refused.contains("loader.max_fetch_bytes"), "{refused}");
+        assert!(tiny_fetch_bytes.validate().is_ok());
     }
 }

@@ -6,6 +6,12 @@
 //! A row the database refuses for a reason a retry will not fix is retried alone, and once
 //! delivered `max_deliver` times it goes to the table's dead-letter subject with the reason;
 //! the rows behind it are loaded meanwhile.
+//!
+//! A worker's memory is bounded by its fetch budget, not by the backlog: each pull asks for
+//! at most `batch` messages and `max_fetch_bytes` bytes, and the next pull is sent only once
+//! every message of the last is acknowledged (or handed back), so a worker holds, and leaves
+//! unacknowledged, at most one pull. A message larger than the budget, which nats-server
+//! never sends to such a pull (409 "Message Size Exceeds MaxBytes"), is pulled alone.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -37,6 +43,32 @@ pub const OLDEST_PENDING: &str = "analytics_loader_oldest_pending_seconds";
 const CONSUMER: &str = "loader";
 /// The header that carries a dead letter's reason.
 pub const REASON_HEADER: &str = "Analytics-Dead-Letter-Reason";
+/// How nats-server ends a pull whose next message is larger than the bytes it has left.
+const SIZE_EXCEEDS_MAX_BYTES: &str = "Message Size Exceeds MaxBytes";
+/// How long past a pull's expiry its last messages are waited for.
+const PULL_MARGIN: Duration = Duration::from_millis(500);
+
+/// What the next pull asks for.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Budget {
+    /// `batch` messages, `max_fetch_bytes` bytes.
+    Bytes,
+    /// One message of any size: the last pull found the next one larger than the budget.
+    OneMessage,
+}
+
+/// How a pull ended.
+#[derive(Debug)]
+enum Pulled {
+    /// Every message loaded and acknowledged (or handed back); pull again.
+    Done,
+    /// Nothing came: the next message is larger than the byte budget.
+    TooLarge,
+    /// The loader is stopping.
+    Stopped,
+    /// The stream or the consumer failed; look the consumer up again.
+    Failed(String),
+}
 
 /// Loads both tables until stopped.
 pub struct Loader {
@@ -98,85 +130,150 @@ impl Loader {
             .map_err(|e| e.to_string())
     }
 
-    /// One table: fetch, insert, acknowledge; on any failure of the stream, start over.
+    /// One table: pull, insert, acknowledge, pull again; on any failure of the stream, start
+    /// over with a fresh look at the consumer.
     async fn load<R: StreamRow + BatchRow>(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let table = <R as StreamRow>::TABLE;
         let mut writer = self.store.writer(self.config.insert_deadline);
+        let mut consumer = None;
+        let mut budget = Budget::Bytes;
         while !*stop.borrow() {
-            let messages = match self.consumer(table).await {
-                Ok(consumer) => consumer
-                    .stream()
-                    .max_messages_per_batch(self.config.batch)
-                    .expires(self.config.fetch_wait.max(Duration::from_secs(1)))
-                    .messages()
-                    .await
-                    .map_err(|e| e.to_string()),
-                Err(err) => Err(err),
+            let pulled = match &consumer {
+                Some(consumer) => {
+                    self.pull::<R>(consumer, &mut *writer, budget, &mut stop)
+                        .await
+                }
+                None => match self.consumer(table).await {
+                    Ok(found) => {
+                        consumer = Some(found);
+                        continue;
+                    }
+                    Err(err) => Pulled::Failed(err),
+                },
             };
-            let messages = match messages {
-                Ok(messages) => messages,
-                Err(err) => {
+            budget = match pulled {
+                Pulled::Done => Budget::Bytes,
+                Pulled::TooLarge => Budget::OneMessage,
+                Pulled::Stopped => break,
+                Pulled::Failed(err) => {
                     tracing::warn!(table = table.name(), error = %err, "loader: stream not readable; retrying");
+                    consumer = None;
                     self.pause(&mut stop).await;
-                    continue;
+                    Budget::Bytes
                 }
             };
-            // Whatever has arrived, up to a batch: one insert.
-            let mut batches = messages.ready_chunks(self.config.batch);
-            loop {
-                let next = tokio::select! {
-                    biased;
-                    _ = stop.wait_for(|stopped| *stopped) => break,
-                    next = batches.next() => next,
-                };
-                let Some(batch) = next else { break };
-                let (received, failed): (Vec<_>, Vec<_>) =
-                    batch.into_iter().partition(Result::is_ok);
-                let received: Vec<Message> = received.into_iter().flatten().collect();
-                if !received.is_empty() {
-                    self.load_batch::<R>(&mut *writer, received).await;
-                }
-                if let Some(Err(err)) = failed.into_iter().next() {
-                    tracing::warn!(table = table.name(), error = %err, "loader: pull failed; starting over");
-                    break;
-                }
-            }
         }
         writer.close().await;
+    }
+
+    /// One pull request, for at most `batch` messages and `max_fetch_bytes` bytes (or, after
+    /// a message too large for that, for one message of any size): what has arrived is
+    /// inserted and acknowledged at once, and every message of the pull is acknowledged (or
+    /// handed back) before this returns, so a worker never holds more than one pull's bytes.
+    async fn pull<R: StreamRow + BatchRow>(
+        &self,
+        consumer: &PullConsumer,
+        writer: &mut dyn RowWriter,
+        budget: Budget,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Pulled {
+        let expires = self.config.fetch_wait.max(Duration::from_secs(1));
+        let request = consumer.batch().expires(expires);
+        let request = match budget {
+            Budget::Bytes => request
+                .max_messages(self.config.batch)
+                .max_bytes(self.config.max_fetch_bytes),
+            // No byte limit, one message: at most the server's max_payload (1 MiB unless
+            // raised), whatever the budget.
+            Budget::OneMessage => request.max_messages(1),
+        };
+        let messages = match request.messages().await {
+            Ok(messages) => messages,
+            Err(err) => return Pulled::Failed(err.to_string()),
+        };
+        // A request whose bytes ran out exactly may end without a word from the server:
+        // past its expiry nothing more is waited for (what has arrived is still taken).
+        let deadline = tokio::time::Instant::now() + expires + PULL_MARGIN;
+        let mut chunks = messages.ready_chunks(self.config.batch);
+        let mut received = 0;
+        loop {
+            let next = tokio::select! {
+                biased;
+                _ = stop.wait_for(|stopped| *stopped) => return Pulled::Stopped,
+                next = tokio::time::timeout_at(deadline, chunks.next()) => next,
+            };
+            let Ok(Some(chunk)) = next else {
+                return Pulled::Done;
+            };
+            let mut failure = None;
+            let mut arrived = Vec::with_capacity(chunk.len());
+            for item in chunk {
+                match item {
+                    Ok(message) => arrived.push(message),
+                    Err(err) => failure = Some(err.to_string()),
+                }
+            }
+            received += arrived.len();
+            if !arrived.is_empty() {
+                self.load_batch::<R>(writer, arrived).await;
+            }
+            match failure {
+                None => {}
+                // The server ends a pull whose next message does not fit what is left of its
+                // bytes with a 409 (the client's error carries its description). Nothing
+                // received: the next message alone is larger than the budget.
+                Some(err) if err.contains(SIZE_EXCEEDS_MAX_BYTES) && received == 0 => {
+                    return Pulled::TooLarge;
+                }
+                Some(err) if err.contains(SIZE_EXCEEDS_MAX_BYTES) => return Pulled::Done,
+                Some(err) => return Pulled::Failed(err),
+            }
+        }
     }
 
     async fn pause(&self, stop: &mut watch::Receiver<bool>) {
         let _ = tokio::time::timeout(self.config.retry_delay, stop.wait_for(|s| *s)).await;
     }
 
-    /// Inserts the batch in one statement and acknowledges it; on a refusal, row by row.
+    /// Inserts the messages' rows in statements, each acknowledged once committed; on a
+    /// refusal, row by row. When the database is unavailable, the rest are handed back.
     async fn load_batch<R: StreamRow + BatchRow>(
         &self,
         writer: &mut dyn RowWriter,
         messages: Vec<Message>,
     ) {
         let table = <R as StreamRow>::TABLE;
-        let mut rows = Vec::with_capacity(messages.len());
-        let mut decoded = Vec::with_capacity(messages.len());
-        for message in messages {
-            match R::decode(&message.payload) {
-                Ok(row) => {
-                    rows.push(row);
-                    decoded.push(message);
-                }
-                // Not a row of ours: no number of deliveries will make it one.
-                Err(_) => self.dead_letter(table, &message, "undecodable").await,
-            }
-        }
         // Statements of at most `max_statement_bytes`, each acknowledged once committed:
         // over TLS a larger statement stalls on a delayed ACK (sqlx sets no TCP_NODELAY;
-        // see `ingest.max_batch_bytes`): 500-row statements loaded 2,700 rows/s.
-        let mut chunks = statements(rows, decoded, self.config.max_statement_bytes).into_iter();
-        while let Some((rows, messages)) = chunks.next() {
-            if let Err(err) = self.load_chunk::<R>(writer, rows, &messages).await {
+        // see `ingest.max_batch_bytes`): 500-row statements loaded 2,700 rows/s. Rows are
+        // decoded a statement at a time: a pull's messages are held until acknowledged,
+        // their rows (as large again) only one statement's worth.
+        let mut statements = Statements::new(self.config.max_statement_bytes);
+        let mut messages = messages.into_iter();
+        let mut ended = false;
+        while !ended {
+            let statement = match messages.next() {
+                Some(message) => match R::decode(&message.payload) {
+                    Ok(row) => statements.push(row, message),
+                    // Not a row of ours: no number of deliveries will make it one.
+                    Err(_) => {
+                        self.dead_letter(table, &message, "undecodable").await;
+                        None
+                    }
+                },
+                None => {
+                    ended = true;
+                    statements.finish()
+                }
+            };
+            let Some((rows, taken)) = statement else {
+                continue;
+            };
+            if let Err(err) = self.load_chunk::<R>(writer, rows, &taken).await {
                 tracing::warn!(table = table.name(), error = %err, "loader: database unavailable; rows delivered again later");
-                let later = chunks.flat_map(|(_, messages)| messages);
-                for message in messages.iter().chain(&later.collect::<Vec<_>>()) {
+                let gathered = statements.finish().into_iter().flat_map(|(_, m)| m);
+                let later: Vec<Message> = gathered.chain(messages).collect();
+                for message in taken.iter().chain(&later) {
                     acknowledge(message, AckKind::Nak(Some(self.config.retry_delay))).await;
                 }
                 tokio::time::sleep(self.config.retry_delay).await;
@@ -342,30 +439,63 @@ impl Loader {
     }
 }
 
-/// The rows and their messages, cut into statements of at most `max_bytes` (each row at
-/// its upper bound; a row alone always makes a statement).
+/// Rows and their messages gathered into statements of at most `max_bytes` (each row at
+/// its upper bound; a row alone always makes a statement), one statement at a time.
+struct Statements<R, M> {
+    max_bytes: usize,
+    rows: Vec<R>,
+    messages: Vec<M>,
+    bytes: usize,
+}
+
+impl<R: BatchRow, M> Statements<R, M> {
+    fn new(max_bytes: usize) -> Self {
+        Statements {
+            max_bytes,
+            rows: Vec::new(),
+            messages: Vec::new(),
+            bytes: 0,
+        }
+    }
+
+    /// Adds a row; returns the statement gathered so far when the row does not fit in it.
+    fn push(&mut self, row: R, message: M) -> Option<(Vec<R>, Vec<M>)> {
+        let size = row.approx_bytes();
+        let full = !self.rows.is_empty() && self.bytes + size > self.max_bytes;
+        let closed = full.then(|| self.take());
+        self.rows.push(row);
+        self.messages.push(message);
+        self.bytes += size;
+        closed
+    }
+
+    /// The last statement, if any row is left.
+    fn finish(&mut self) -> Option<(Vec<R>, Vec<M>)> {
+        (!self.rows.is_empty()).then(|| self.take())
+    }
+
+    fn take(&mut self) -> (Vec<R>, Vec<M>) {
+        self.bytes = 0;
+        (
+            std::mem::take(&mut self.rows),
+            std::mem::take(&mut self.messages),
+        )
+    }
+}
+
+/// The rows and their messages cut into statements (in the tests: all at once).
+#[cfg(test)]
 fn statements<R: BatchRow, M>(
     rows: Vec<R>,
     messages: Vec<M>,
     max_bytes: usize,
 ) -> Vec<(Vec<R>, Vec<M>)> {
-    let mut statements: Vec<(Vec<R>, Vec<M>)> = Vec::new();
-    let mut bytes = 0;
-    for (row, message) in rows.into_iter().zip(messages) {
-        let size = row.approx_bytes();
-        match statements.last_mut() {
-            Some((rows, messages)) if bytes + size <= max_bytes => {
-                rows.push(row);
-                messages.push(message);
-                bytes += size;
-            }
-            _ => {
-                statements.push((vec![row], vec![message]));
-                bytes = size;
-            }
-        }
-    }
-    statements
+    let mut statements = Statements::new(max_bytes);
+    let mut cut: Vec<_> = (rows.into_iter().zip(messages))
+        .filter_map(|(row, message)| statements.push(row, message))
+        .collect();
+    cut.extend(statements.finish());
+    cut
 }
 
 async fn acknowledge(message: &Message, kind: AckKind) {

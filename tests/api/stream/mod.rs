@@ -5,6 +5,7 @@
 
 mod end_to_end;
 mod faults;
+mod memory;
 pub mod nats;
 mod poison;
 mod replicas;

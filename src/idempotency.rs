@@ -227,7 +227,7 @@ fn header_error(kind: &'static str, msg: &str, input: &str) -> FieldError {
         kind,
         loc: vec!["header".into(), "Idempotency-Key".into()],
         msg: msg.to_owned(),
-        input: Value::String(input.to_owned()),
+        input: Value::String(input.to_owned()).into(),
         ctx: None,
     }
 }

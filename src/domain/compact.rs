@@ -62,9 +62,22 @@ struct Writer {
 }
 
 impl Writer {
+    /// Makes room for `extra` more bytes, growing as a `Vec` does (doubling) but never past
+    /// the cap: the buffer is then at most the cap, not twice it.
+    fn make_room(&mut self, extra: usize) {
+        let needed = self.out.len() + extra;
+        if needed > self.out.capacity() {
+            let grown = (self.out.capacity() * 2)
+                .min(self.style.max_len)
+                .max(needed);
+            self.out.reserve_exact(grown - self.out.len());
+        }
+    }
+
     /// Appends `bytes`, or stops the writing when they would pass the cap (keeping what fits).
     fn push<E: de::Error>(&mut self, bytes: &[u8]) -> Result<(), E> {
         let room = self.style.max_len - self.out.len();
+        self.make_room(bytes.len().min(room));
         if bytes.len() > room {
             self.out.extend_from_slice(&bytes[..room]);
             self.too_long = true;
@@ -107,6 +120,7 @@ impl Writer {
             text
         };
         let start = self.out.len();
+        self.make_room(shown.len() + 2);
         serde_json::to_writer(&mut self.out, shown).map_err(E::custom)?;
         if cut || self.out.len() > self.style.max_len {
             self.out.truncate(start + room);

@@ -3,6 +3,7 @@
 use std::io::Write;
 
 use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 /// Most errors one answer lists (per item of a batch); the rest are counted, not listed.
@@ -46,6 +47,55 @@ impl Location {
     }
 }
 
+/// An error's `input`: a value, or (for echoes of the body) the value's compact JSON text,
+/// so an echo of a deeply nested or dense value costs its text, not a tree.
+#[derive(Debug, Clone)]
+pub enum Input {
+    /// A value.
+    Value(Value),
+    /// Compact JSON text.
+    Raw(Box<RawValue>),
+}
+
+impl From<Value> for Input {
+    fn from(value: Value) -> Self {
+        Input::Value(value)
+    }
+}
+
+impl Serialize for Input {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Input::Value(value) => value.serialize(serializer),
+            Input::Raw(raw) => raw.serialize(serializer),
+        }
+    }
+}
+
+impl PartialEq for Input {
+    fn eq(&self, other: &Self) -> bool {
+        self.to_value() == other.to_value()
+    }
+}
+
+impl Input {
+    /// The input as a value (for tests and comparisons).
+    pub fn to_value(&self) -> Value {
+        match self {
+            Input::Value(value) => value.clone(),
+            Input::Raw(raw) => serde_json::from_str(raw.get()).unwrap_or(Value::Null),
+        }
+    }
+
+    /// The string, when the input is one.
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Input::Value(Value::String(text)) => Some(text),
+            _ => None,
+        }
+    }
+}
+
 /// One entry of a 422 body's `detail`: `{"type", "loc", "msg", "input", "ctx"?}`.
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 #[schema(as = FieldErrorBody)]
@@ -61,7 +111,7 @@ pub struct FieldError {
     pub msg: String,
     /// The offending input as received.
     #[schema(value_type = Value)]
-    pub input: Value,
+    pub input: Input,
     /// Extra context, e.g. `{"min_length": 1}`.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
@@ -69,12 +119,12 @@ pub struct FieldError {
 }
 
 impl FieldError {
-    fn at(field: &str, kind: &'static str, msg: &str, input: Value) -> Self {
+    fn at(field: &str, kind: &'static str, msg: &str, input: impl Into<Input>) -> Self {
         FieldError {
             kind,
             loc: vec!["body".into(), field.into()],
             msg: msg.to_owned(),
-            input,
+            input: input.into(),
             ctx: None,
         }
     }
@@ -85,18 +135,18 @@ impl FieldError {
     }
 
     /// A required field is absent; `input` is (the echo of) the whole body object.
-    pub fn missing(field: &str, body: Value) -> Self {
+    pub fn missing(field: &str, body: impl Into<Input>) -> Self {
         Self::at(field, "missing", "Field required", body)
     }
 
     /// The string is longer than `max_bytes` bytes of UTF-8.
-    pub fn string_too_long_bytes(field: &str, input: Value, max_bytes: usize) -> Self {
+    pub fn string_too_long_bytes(field: &str, input: impl Into<Input>, max_bytes: usize) -> Self {
         let msg = format!("String should have at most {max_bytes} bytes (UTF-8)");
         Self::at(field, "string_too_long", &msg, input).with_ctx(json!({ "max_length": max_bytes }))
     }
 
     /// The value is not a string.
-    pub fn string_type(field: &str, input: Value) -> Self {
+    pub fn string_type(field: &str, input: impl Into<Input>) -> Self {
         Self::at(
             field,
             "string_type",
@@ -106,7 +156,7 @@ impl FieldError {
     }
 
     /// The string is shorter than `min_length` characters.
-    pub fn string_too_short(field: &str, input: Value, min_length: usize) -> Self {
+    pub fn string_too_short(field: &str, input: impl Into<Input>, min_length: usize) -> Self {
         let msg = format!(
             "String should have at least {min_length} character{}",
             if min_length == 1 { "" } else { "s" }
@@ -116,12 +166,12 @@ impl FieldError {
     }
 
     /// The value is neither a number nor a numeric string.
-    pub fn float_type(field: &str, input: Value) -> Self {
+    pub fn float_type(field: &str, input: impl Into<Input>) -> Self {
         Self::at(field, "float_type", "Input should be a valid number", input)
     }
 
     /// A string that does not parse as a number.
-    pub fn float_parsing(field: &str, input: Value) -> Self {
+    pub fn float_parsing(field: &str, input: impl Into<Input>) -> Self {
         Self::at(
             field,
             "float_parsing",
@@ -131,18 +181,18 @@ impl FieldError {
     }
 
     /// A non-finite number somewhere inside a field (`loc` is the full path).
-    pub fn finite_number_at(loc: Vec<Location>, input: Value) -> Self {
+    pub fn finite_number_at(loc: Vec<Location>, input: impl Into<Input>) -> Self {
         FieldError {
             kind: "finite_number",
             loc,
             msg: "Input should be a finite number".to_owned(),
-            input,
+            input: input.into(),
             ctx: None,
         }
     }
 
     /// NaN, an infinity, or a number beyond f64's range.
-    pub fn finite_number(field: &str, input: Value) -> Self {
+    pub fn finite_number(field: &str, input: impl Into<Input>) -> Self {
         Self::at(
             field,
             "finite_number",
@@ -152,7 +202,7 @@ impl FieldError {
     }
 
     /// A number below the allowed minimum.
-    pub fn greater_than_equal(field: &str, input: Value, ge: f64) -> Self {
+    pub fn greater_than_equal(field: &str, input: impl Into<Input>, ge: f64) -> Self {
         let msg = format!(
             "Input should be greater than or equal to {}",
             fmt_number(ge)
@@ -171,7 +221,7 @@ impl FieldError {
     }
 
     /// The value is not a JSON object.
-    pub fn dict_type(field: &str, input: Value) -> Self {
+    pub fn dict_type(field: &str, input: impl Into<Input>) -> Self {
         Self::at(
             field,
             "dict_type",
@@ -181,23 +231,28 @@ impl FieldError {
     }
 
     /// An error about the body as a whole (`loc: ["body"]`).
-    pub fn whole_body(kind: &'static str, msg: String, input: Value, ctx: Option<Value>) -> Self {
+    pub fn whole_body(
+        kind: &'static str,
+        msg: String,
+        input: impl Into<Input>,
+        ctx: Option<Value>,
+    ) -> Self {
         FieldError {
             kind,
             loc: vec!["body".into()],
             msg,
-            input,
+            input: input.into(),
             ctx,
         }
     }
 
     /// The whole body is not an object.
-    pub fn model_type(class_name: &str, input: Value) -> Self {
+    pub fn model_type(class_name: &str, input: impl Into<Input>) -> Self {
         FieldError {
             kind: "model_type",
             loc: vec!["body".into()],
             msg: format!("Input should be a valid dictionary or instance of {class_name}"),
-            input,
+            input: input.into(),
             ctx: Some(json!({ "class_name": class_name })),
         }
     }
@@ -209,7 +264,7 @@ impl FieldError {
             kind: OMITTED_KIND,
             loc,
             msg: format!("{count} more error(s) not listed"),
-            input: Value::Null,
+            input: Value::Null.into(),
             ctx: Some(json!({ "omitted": count })),
         }
     }
@@ -230,7 +285,11 @@ impl FieldError {
                 cut(key, MAX_KEY_BYTES);
             }
         }
-        self.input = shortened_input(std::mem::take(&mut self.input));
+        self.input = match self.input {
+            Input::Value(value) => Input::Value(shortened_input(value)),
+            // Echoes are made within the limit (`echo`).
+            raw @ Input::Raw(_) => raw,
+        };
         self
     }
 
@@ -240,7 +299,7 @@ impl FieldError {
             kind: "json_invalid",
             loc: vec!["body".into(), Location::Index(position)],
             msg: "JSON decode error".to_owned(),
-            input: json!({}),
+            input: json!({}).into(),
             ctx: Some(json!({ "error": reason })),
         }
     }

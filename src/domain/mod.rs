@@ -22,11 +22,12 @@ use std::cell::OnceCell;
 
 pub use batch::{ItemOutcome, parse_batch};
 pub use event::NewAnalyticsEvent;
-pub use field_error::{DetailBudget, FieldError, Location, MAX_DETAIL_BYTES, MAX_LISTED_ERRORS};
+pub use field_error::{
+    DetailBudget, FieldError, Input, Location, MAX_DETAIL_BYTES, MAX_LISTED_ERRORS,
+};
 pub use metric::NewMetric;
 pub use sanitize::{strip_control_chars, strip_control_chars_in_json, strip_control_chars_in_map};
 
-use serde_json::Value;
 use serde_json::value::RawValue;
 
 /// A request body as FastAPI reads it, not parsed yet.
@@ -59,7 +60,7 @@ impl<'a> Body<'a> {
     }
 
     /// The echo of the whole body, as an error's `input` shows it.
-    fn echo(&self) -> Value {
+    fn echo(&self) -> Input {
         match *self {
             Body::Json {
                 text,
@@ -81,7 +82,7 @@ pub struct Fields<'a, const N: usize> {
     body: Body<'a>,
     values: [Option<&'a RawValue>; N],
     /// The body's echo, made once for every `missing` error.
-    echoed: OnceCell<Value>,
+    echoed: OnceCell<Input>,
 }
 
 impl<'a, const N: usize> Fields<'a, N> {
@@ -118,7 +119,7 @@ impl<'a, const N: usize> Fields<'a, N> {
     }
 
     /// The echo of one of its values.
-    pub fn echo(&self, raw: &RawValue) -> Value {
+    pub fn echo(&self, raw: &RawValue) -> Input {
         echo::echo(raw.get(), self.body.marked(), None)
     }
 

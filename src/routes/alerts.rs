@@ -19,7 +19,7 @@ use super::AppState;
 use super::json::CheckedBody;
 use crate::alerts::{Alert, AlertError, DiscordChannel};
 use crate::auth::{AuthError, Caller};
-use crate::domain::{Body, FieldError, Fields};
+use crate::domain::{Body, FieldError, Fields, Input};
 use crate::edge::{client_ip_of, limit_key};
 use crate::error::{ApiError, StorageFailure};
 use crate::wire::{Detail, ValidationErrorBody};
@@ -172,7 +172,7 @@ fn is_api_key(state: &AppState, given: &HeaderValue) -> bool {
 }
 
 /// The body `{"content": str, "channel": "platform" | "product"}`, every field error at once.
-fn parse(body: Body<'_>) -> Result<(DiscordChannel, String), Vec<FieldError>> {
+pub fn parse(body: Body<'_>) -> Result<(DiscordChannel, String), Vec<FieldError>> {
     let fields = Fields::read(body, "DiscordAlertRequest", ["content", "channel"])?;
     let mut errors = Vec::new();
     let content = match fields.raw(0) {
@@ -233,7 +233,7 @@ fn parse(body: Body<'_>) -> Result<(DiscordChannel, String), Vec<FieldError>> {
     }
 }
 
-fn field_error(field: &str, kind: &'static str, msg: &str, input: Value, ctx: Value) -> FieldError {
+fn field_error(field: &str, kind: &'static str, msg: &str, input: Input, ctx: Value) -> FieldError {
     FieldError {
         kind,
         loc: vec!["body".into(), field.into()],

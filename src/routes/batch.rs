@@ -98,7 +98,7 @@ fn rows_charged<T, E>(parsed: &Result<Vec<T>, E>) -> usize {
 
 /// The items of a batch body: the items' errors share one [`DetailBudget`], so whatever
 /// the items hold, the answer's errors stay within its bound (and only those are kept).
-fn read_batch<T>(
+pub fn read_batch<T>(
     body: Body<'_>,
     max_items: usize,
     parse_item: impl Fn(Body<'_>) -> Result<T, Vec<FieldError>>,

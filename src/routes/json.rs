@@ -152,15 +152,27 @@ impl CheckedBody {
     ) -> T {
         let (json, has_non_finite) = (self.body.json, self.has_non_finite);
         decode(&self.body.bytes, move |bytes| {
-            if !json {
-                return work(Body::Text(&String::from_utf8_lossy(bytes)));
-            }
-            let text = pyjson::marked(bytes, has_non_finite);
-            let text = std::str::from_utf8(&text).expect("a checked body is UTF-8");
-            work(Body::json(text, has_non_finite))
+            with_body(bytes, json, has_non_finite, work)
         })
         .await
     }
+}
+
+/// Runs `work` on `bytes` as FastAPI reads a body (see [`CheckedBody::read`]); `bytes`
+/// passed [`check`], which said whether it holds non-finite tokens. Pure, so the memory
+/// test (`tests/memory.rs`) measures exactly what a request allocates.
+pub fn with_body<T>(
+    bytes: &[u8],
+    json: bool,
+    has_non_finite: bool,
+    work: impl FnOnce(Body<'_>) -> T,
+) -> T {
+    if !json {
+        return work(Body::Text(&String::from_utf8_lossy(bytes)));
+    }
+    let text = pyjson::marked(bytes, has_non_finite);
+    let text = std::str::from_utf8(&text).expect("a checked body is UTF-8");
+    work(Body::json(text, has_non_finite))
 }
 
 impl FromRequest<AppState> for CheckedBody {

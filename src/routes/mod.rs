@@ -1,9 +1,9 @@
 //! The router: every route module merged once, and the middleware stack.
 
-mod alerts;
+pub mod alerts;
 mod analytics;
 pub mod batch;
-mod beacon;
+pub mod beacon;
 mod health;
 pub mod json;
 pub mod loader;

@@ -100,8 +100,24 @@ struct EventMessage<'a> {
     data_index: Cow<'a, str>,
 }
 
+/// The message's JSON, in a buffer of exactly its size: `data` is escaped again inside the
+/// message (up to twice its size), and a growing buffer could hold twice that again.
 fn to_bytes(message: &impl Serialize) -> Bytes {
-    Bytes::from(serde_json::to_vec(message).expect("a row always serializes"))
+    struct Counter(usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut size = Counter(0);
+    serde_json::to_writer(&mut size, message).expect("a row always serializes");
+    let mut out = Vec::with_capacity(size.0);
+    serde_json::to_writer(&mut out, message).expect("a row always serializes");
+    Bytes::from(out)
 }
 
 impl StreamRow for MetricRow {

@@ -13,6 +13,7 @@ mod http_errors;
 mod idempotency;
 mod jwks;
 mod lifecycle;
+mod memory_bounds;
 mod metrics;
 mod pg_proxy;
 mod process;

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Legitimate load beside hostile clients (loopback only, bounded in time): wrk posts the
 # analytics event (64 connections) once alone and once while bench/hostile.py runs NaN
-# documents, anonymous 1 MiB bodies, idle sockets and slow senders. Prints CSV lines:
+# documents, dense-tree bodies (16 MiB gzip batches, 1 MiB dense metrics), anonymous
+# 1 MiB bodies, idle sockets and slow senders. Prints CSV lines:
 #   phase,rps,p50_ms,p99_ms,ok,peak_rss_mb
-# and what the hostile clients got. Targets (issue 13): peak RSS <= 256 MB, legitimate
+# and what the hostile clients got. Targets (issues 13 and 20): peak RSS <= 256 MB, legitimate
 # req/s under attack >= 50 % of the quiet figure, p99 <= 100 ms.
 # Env: DURATION=10s CONNS=64 PORT=18087 BUILD=0 (use the release binary as it is)
 set -euo pipefail

@@ -99,8 +99,8 @@ async fn each_request_of_the_issue_stays_under_300_mb() {
     answers_normally(&service).await;
 }
 
-/// Twice as many of the worst batches as there are batch turns (8 by default), all at
-/// once: the dense ignored field, and valid events whose `data` grows by half when stored.
+/// Sixteen of the worst batches (the 8 batch turns of old twice over, 4 turns by
+/// default now) all at once: the dense ignored field, and valid events whose `data` grows by half when stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_batch_turn_busy_with_the_worst_body_stays_under_400_mb() {
     let service = ServiceProcess::start(&[]).await;

@@ -154,3 +154,38 @@ async fn every_batch_turn_busy_with_the_worst_body_stays_under_400_mb() {
     assert!(peak < 400, "peak RSS {peak} MiB");
     answers_normally(&service).await;
 }
+
+/// An operator's per-user limit of one request a second, burst 1, with every batch setting
+/// at its default: the binary starts (it used to exit, asking for a burst of at least
+/// `ingest.batch_max_items`), a batch of 50 is refused whole with 429 and `Retry-After`,
+/// and a single event is still stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_one_starts_and_refuses_a_batch_of_fifty() {
+    let service = ServiceProcess::start(&[
+        ("APP_RATE_LIMIT__USER_PER_SECOND", "1"),
+        ("APP_RATE_LIMIT__USER_BURST", "1"),
+    ])
+    .await;
+    let item = r#"{"metric_name":"m","metric_value":1,"data_string":"d"}"#;
+    let batch = format!("[{}]", vec![item; 50].join(","));
+    let client = reqwest::Client::new();
+    let token = service.token("2b7e1516-28ae-4d2a-abf7-158809cf4f3c");
+
+    let refused = client
+        .post(service.url("/api/analytics/log_raw_metric/batch"))
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
+        .body(batch)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry_after: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry_after >= 1, "Retry-After {retry_after}");
+
+    answers_normally(&service).await;
+}

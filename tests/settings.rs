@@ -251,7 +251,7 @@ fn the_ingest_section_feeds_the_writers_and_the_batch_routes() {
 
     assert_eq!(settings.ingest.max_batch, 7);
     assert_eq!(settings.batch.max_items, 9);
-    assert_eq!(settings.batch.max_concurrent, 8);
+    assert_eq!(settings.batch.max_concurrent, 4);
 }
 
 #[test]

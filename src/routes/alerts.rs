@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use secrecy::ExposeSecret;
 use serde::Serialize;
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -162,13 +163,14 @@ impl FromRequestParts<AppState> for AlertSender {
     }
 }
 
-/// Whether `given` is the configured `ALERTS_API_KEY` (compared in constant time).
+/// Whether `given` is the configured `ALERTS_API_KEY`: their SHA-256 digests compared in
+/// constant time, so neither the bytes nor the key's length show in the timing.
 fn is_api_key(state: &AppState, given: &HeaderValue) -> bool {
     // Trimmed once, by `alerts::Config::alerts_api_key`, when the state was built.
-    state
-        .alerts_api_key
-        .as_ref()
-        .is_some_and(|key| bool::from(key.expose_secret().as_bytes().ct_eq(given.as_bytes())))
+    state.alerts_api_key.as_ref().is_some_and(|key| {
+        let expected = Sha256::digest(key.expose_secret().as_bytes());
+        bool::from(expected.ct_eq(&Sha256::digest(given.as_bytes())))
+    })
 }
 
 /// The body `{"content": str, "channel": "platform" | "product"}`, every field error at once.

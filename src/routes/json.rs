@@ -167,7 +167,8 @@ pub fn with_body<T>(
     has_non_finite: bool,
     work: impl FnOnce(Body<'_>) -> T,
 ) -> T {
-    if !json {
+    // An empty body is `{}` whatever its content type, as FastAPI read it.
+    if !json && !bytes.is_empty() {
         return work(Body::Text(&String::from_utf8_lossy(bytes)));
     }
     let text = pyjson::marked(bytes, has_non_finite);
@@ -316,6 +317,19 @@ mod tests {
             parse(&Bytes::new(), true).unwrap(),
             Value::Object(Map::new())
         );
+    }
+
+    #[test]
+    fn an_empty_body_reads_as_an_empty_object_whatever_its_content_type() {
+        for json in [true, false] {
+            let errors =
+                with_body(b"", json, false, crate::domain::NewMetric::from_body).unwrap_err();
+            let kinds: Vec<_> = errors.iter().map(|e| e.kind).collect();
+            assert_eq!(kinds, ["missing"; 3], "json: {json}");
+        }
+        let errors =
+            with_body(b"x", false, false, crate::domain::NewMetric::from_body).unwrap_err();
+        assert_eq!(errors[0].kind, "model_type");
     }
 
     /// The niceness of the calling thread (field 19 of its `stat`, counted after the

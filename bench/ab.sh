@@ -22,8 +22,9 @@ work="$(mktemp -d)"
 trap 'kill ${pid[A]:-} ${pid[B]:-} 2>/dev/null; rm -rf "$work"' EXIT
 for side in A B; do
   bin_var="${side}_BIN"; env_var="${side}_ENV"
+  # Each side its own admin port: in APP_ENV=prod both would bind 9464, and B would exit.
   start_service "${port[$side]}" "$(fresh_database "ab_${side,,}")" "$work/server_$side.log" \
-    "${!bin_var:-}" ${!env_var:-}
+    "${!bin_var:-}" APP_METRICS__ADMIN_PORT=$(( ${port[$side]} + 1000 )) ${!env_var:-}
   pid[$side]=$service_pid
 done
 token="$(bench_token)"

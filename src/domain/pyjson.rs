@@ -11,7 +11,7 @@
 
 use std::borrow::Cow;
 
-use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
 /// The character a marker starts with. It is stripped before storage, so no stored value
@@ -32,7 +32,16 @@ pub fn parse(body: &[u8]) -> Result<Value, serde_json::Error> {
 /// visited and dropped. `Ok(true)` when the body holds non-finite tokens, which
 /// [`marked`] then marks.
 pub fn check(body: &[u8]) -> Result<bool, serde_json::Error> {
-    let visit = |bytes: &[u8]| serde_json::from_slice::<Skip>(bytes).map(drop);
+    // Skipping (`IgnoredAny`) is the fast check, but it neither counts nesting nor pairs
+    // surrogate escapes, and may stop at another error than `Value` would: a body that may
+    // hold either, or that it refuses, is visited value by value for the exact answer.
+    let visit = |bytes: &[u8]| {
+        let skipped = serde_json::from_slice::<IgnoredAny>(bytes);
+        if skipped.is_err() || may_need_a_full_visit(bytes) {
+            return serde_json::from_slice::<Skip>(bytes).map(drop);
+        }
+        Ok(())
+    };
     match visit(body) {
         Ok(()) => Ok(false),
         Err(err) => match mark_non_finite(body) {
@@ -40,6 +49,44 @@ pub fn check(body: &[u8]) -> Result<bool, serde_json::Error> {
             None => Err(err),
         },
     }
+}
+
+/// Most nesting `Value` takes (serde_json's recursion limit).
+const MAX_NESTING: usize = 128;
+
+/// Whether `text` may nest deeper than `Value` reads or holds a surrogate escape
+/// (`\uD800`–`\uDFFF`, which `Value` refuses unpaired): a byte scan, erring on the side of
+/// a full visit.
+fn may_need_a_full_visit(text: &[u8]) -> bool {
+    let (mut depth, mut in_string, mut i) = (0usize, false, 0);
+    while i < text.len() {
+        match text[i] {
+            b'\\' if in_string => {
+                if text.get(i + 1) == Some(&b'u')
+                    && text
+                        .get(i + 2)
+                        .is_some_and(|b| b.eq_ignore_ascii_case(&b'd'))
+                    && text
+                        .get(i + 3)
+                        .is_some_and(|b| matches!(b, b'8'..=b'9' | b'a'..=b'f' | b'A'..=b'F'))
+                {
+                    return true;
+                }
+                i += 1;
+            }
+            b'"' => in_string = !in_string,
+            b'[' | b'{' if !in_string => {
+                depth += 1;
+                if depth >= MAX_NESTING {
+                    return true;
+                }
+            }
+            b']' | b'}' if !in_string => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        i += 1;
+    }
+    false
 }
 
 /// The text to read a checked body from: the body itself, or, when [`check`] found
@@ -245,9 +292,14 @@ mod tests {
 
     #[test]
     fn check_refuses_exactly_what_parse_refuses() {
-        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        let nested = |depth| format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+        let (deep, at_the_limit, past_it) = (nested(200), nested(128), nested(129));
         for body in [
             deep.as_str(),
+            at_the_limit.as_str(),
+            past_it.as_str(),
+            r#"{"a": "\uD83D\ude00", "b": "\ud83d"}"#,
+            r#"{"a": "[[[[\"", "b": "\\ud800"}"#,
             r#"{"a": "\ud800"}"#,
             r#"{"a": NaN,,}"#,
             r#"{"a": 1} x"#,
@@ -257,6 +309,24 @@ mod tests {
             let parsed = parse(body.as_bytes()).map(drop).map_err(|e| e.to_string());
             let checked = check(body.as_bytes()).map(drop).map_err(|e| e.to_string());
             assert_eq!(checked, parsed, "{body}");
+        }
+    }
+
+    proptest::proptest! {
+        /// On texts of brackets, strings with escapes (surrogates paired, lone, escaped
+        /// backslashes), Python's tokens and junk, nested up to past the limit.
+        #[test]
+        fn check_answers_what_parse_answers(pieces in proptest::collection::vec(
+            proptest::sample::select(vec![
+                "[", "]", "{\"k\":", "}", ",", "1", "NaN", "1e999", "\"x\"", "\"[{\"",
+                "\"\\ud800\"", "\"\\uD83D\\ude00\"", "\"\\\\ud800\"", "\"\\\"[\"", " ",
+            ]),
+            0..300,
+        ), nest in 0usize..140) {
+            let body = format!("{}{}{}", "[".repeat(nest), pieces.concat(), "]".repeat(nest));
+            let parsed = parse(body.as_bytes()).map(drop).map_err(|e| e.to_string());
+            let checked = check(body.as_bytes()).map(drop).map_err(|e| e.to_string());
+            proptest::prop_assert_eq!(checked, parsed, "{}", body);
         }
     }
 

@@ -58,6 +58,11 @@ const MAX_NESTING: usize = 128;
 /// (`\uD800`–`\uDFFF`, which `Value` refuses unpaired): a byte scan, erring on the side of
 /// a full visit.
 fn may_need_a_full_visit(text: &[u8]) -> bool {
+    // Most bodies settle it in two vectorised passes: few brackets, no escape at all.
+    let opening = text.iter().filter(|&&b| b == b'[' || b == b'{').count();
+    if opening < MAX_NESTING && !text.contains(&b'\\') {
+        return false;
+    }
     let (mut depth, mut in_string, mut i) = (0usize, false, 0);
     while i < text.len() {
         match text[i] {

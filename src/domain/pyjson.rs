@@ -54,39 +54,66 @@ pub fn check(body: &[u8]) -> Result<bool, serde_json::Error> {
 /// Most nesting `Value` takes (serde_json's recursion limit).
 const MAX_NESTING: usize = 128;
 
-/// Whether `text` may nest deeper than `Value` reads or holds a surrogate escape
-/// (`\uD800`–`\uDFFF`, which `Value` refuses unpaired): a byte scan, erring on the side of
-/// a full visit.
+/// Whether `text` may be one that skipping accepts but `Value` does not read as it is:
+/// nesting deeper than `Value` takes, a surrogate escape (`\uD800`–`\uDFFF`, refused
+/// unpaired), or a number beyond f64's range (skipping does not parse numbers). One byte
+/// scan, erring on the side of a full visit.
 fn may_need_a_full_visit(text: &[u8]) -> bool {
-    // Most bodies settle it in two vectorised passes: few brackets, no escape at all.
-    let opening = text.iter().filter(|&&b| b == b'[' || b == b'{').count();
-    if opening < MAX_NESTING && !text.contains(&b'\\') {
-        return false;
-    }
-    let (mut depth, mut in_string, mut i) = (0usize, false, 0);
+    let mut depth = 0usize;
+    let mut i = 0;
     while i < text.len() {
         match text[i] {
-            b'\\' if in_string => {
-                if text.get(i + 1) == Some(&b'u')
-                    && text
-                        .get(i + 2)
-                        .is_some_and(|b| b.eq_ignore_ascii_case(&b'd'))
-                    && text
-                        .get(i + 3)
-                        .is_some_and(|b| matches!(b, b'8'..=b'9' | b'a'..=b'f' | b'A'..=b'F'))
-                {
-                    return true;
-                }
+            b'"' => {
                 i += 1;
+                loop {
+                    let Some(at) = text[i..].iter().position(|&b| b == b'"' || b == b'\\') else {
+                        return true;
+                    };
+                    i += at;
+                    if text[i] == b'"' {
+                        break;
+                    }
+                    let surrogate = text.get(i + 1) == Some(&b'u')
+                        && text
+                            .get(i + 2)
+                            .is_some_and(|b| b.eq_ignore_ascii_case(&b'd'))
+                        && text
+                            .get(i + 3)
+                            .is_some_and(|b| matches!(b, b'8'..=b'9' | b'a'..=b'f' | b'A'..=b'F'));
+                    if surrogate {
+                        return true;
+                    }
+                    i += 2;
+                }
             }
-            b'"' => in_string = !in_string,
-            b'[' | b'{' if !in_string => {
+            b'[' | b'{' => {
                 depth += 1;
                 if depth >= MAX_NESTING {
                     return true;
                 }
             }
-            b']' | b'}' if !in_string => depth = depth.saturating_sub(1),
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            b'-' | b'0'..=b'9' => {
+                let len = text[i..]
+                    .iter()
+                    .take_while(|b| {
+                        b.is_ascii_digit() || matches!(b, b'-' | b'+' | b'.' | b'e' | b'E')
+                    })
+                    .count();
+                let token = &text[i..i + len];
+                let may_overflow = len > 15 || token.iter().any(|b| matches!(b, b'e' | b'E'));
+                let in_range = || {
+                    std::str::from_utf8(token)
+                        .ok()
+                        .and_then(|t| t.parse::<f64>().ok())
+                        .is_some_and(f64::is_finite)
+                };
+                if may_overflow && !in_range() {
+                    return true;
+                }
+                i += len;
+                continue;
+            }
             _ => {}
         }
         i += 1;
@@ -310,9 +337,14 @@ mod tests {
             r#"{"a": 1} x"#,
             r#"{"a": [1, 2, NaN, 1e999]}"#,
             r#"{"a": "x"}"#,
+            r#"{"a": 1e309, "b": [-1E400]}"#,
+            "[1000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000]",
         ] {
-            let parsed = parse(body.as_bytes()).map(drop).map_err(|e| e.to_string());
-            let checked = check(body.as_bytes()).map(drop).map_err(|e| e.to_string());
+            let as_is = serde_json::from_slice::<Value>(body.as_bytes()).is_ok();
+            let parsed = parse(body.as_bytes())
+                .map(|_| !as_is)
+                .map_err(|e| e.to_string());
+            let checked = check(body.as_bytes()).map_err(|e| e.to_string());
             assert_eq!(checked, parsed, "{body}");
         }
     }
@@ -325,12 +357,15 @@ mod tests {
             proptest::sample::select(vec![
                 "[", "]", "{\"k\":", "}", ",", "1", "NaN", "1e999", "\"x\"", "\"[{\"",
                 "\"\\ud800\"", "\"\\uD83D\\ude00\"", "\"\\\\ud800\"", "\"\\\"[\"", " ",
+                "1e308", "-2E400", "1.5e-400", "12345678901234567890", "tru", "true",
             ]),
             0..300,
         ), nest in 0usize..140) {
             let body = format!("{}{}{}", "[".repeat(nest), pieces.concat(), "]".repeat(nest));
-            let parsed = parse(body.as_bytes()).map(drop).map_err(|e| e.to_string());
-            let checked = check(body.as_bytes()).map(drop).map_err(|e| e.to_string());
+            // Ok(true) exactly when the tree needs markers: a body read as it is, or not.
+            let as_is = serde_json::from_slice::<Value>(body.as_bytes()).is_ok();
+            let parsed = parse(body.as_bytes()).map(|_| !as_is).map_err(|e| e.to_string());
+            let checked = check(body.as_bytes()).map_err(|e| e.to_string());
             proptest::prop_assert_eq!(checked, parsed, "{}", body);
         }
     }

@@ -1,13 +1,15 @@
 //! The memory bound of docs/OPERATIONS.md ("Memory"), as a property: whatever a body holds,
 //! what checking, validating and building its stored rows allocates on top of the body
 //! itself is at most `K` × its (decompressed) bytes + `C`, on every route that reads a body
-//! and in both sinks (a stream-mode row is also encoded as its message).
+//! and in both sinks (a stream-mode row is also encoded as its message), with or without an
+//! `Idempotency-Key` (whose body hash is computed too).
 //!
 //! The heap is counted by a global allocator ([`peak_alloc`]; a reallocation counts the old
 //! and the new block until the old is freed), so this binary holds one test that runs its
 //! cases one after another: nothing else allocates while a case is measured.
 
 use analytics_service::domain::{Body, NewAnalyticsEvent, NewMetric};
+use analytics_service::idempotency::{event_hash, metric_hash};
 use analytics_service::routes::alerts::parse as parse_alert;
 use analytics_service::routes::batch::read_batch;
 use analytics_service::routes::beacon::unwrap_body;
@@ -58,16 +60,19 @@ fn handle(route: Route, body: &Bytes) -> Vec<Bytes> {
     };
     let now = chrono::Utc::now();
     let user = || "2b7e1516-28ae-4d2a-abf7-158809cf4f3c".to_owned();
-    // Each row as the direct sink holds it and as the stream sink encodes it.
+    // Each row as the direct sink holds it, as the stream sink encodes it, and with the
+    // body hash an `Idempotency-Key` request computes.
     let metric = |metric: NewMetric| {
         let row = MetricRow::new(now, user(), metric);
+        let hash = metric_hash(&row.metric);
         let message = row.encode();
-        (row, message)
+        (row, message, hash)
     };
     let event = |event: NewAnalyticsEvent| {
         let row = EventRow::new(now, user(), event);
+        let hash = event_hash(&row.event);
         let message = row.encode();
-        (row, message)
+        (row, message, hash)
     };
     with_body(body, json, has_non_finite, |read: Body<'_>| match route {
         Route::Metric => NewMetric::from_body(read)

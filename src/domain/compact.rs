@@ -16,12 +16,24 @@ use super::sanitize::stripped;
 pub(crate) struct Style {
     /// Strip control characters from strings and keys (the stored form).
     pub strip: bool,
-    /// Merge repeated keys: the first key's place, the last key's value (as `Value`).
-    pub merge_repeated_keys: bool,
+    /// What becomes of an object's keys.
+    pub keys: Keys,
     /// Most bytes written; past it the writing stops with [`Stop::TooLong`].
     pub max_len: usize,
     /// A key of the outermost object left out (a beacon's `token`).
     pub hidden_key: Option<&'static str>,
+}
+
+/// What becomes of an object's keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Keys {
+    /// Written as sent (tests: a capped write is then the start of the whole).
+    #[cfg(test)]
+    AsSent,
+    /// Repeated keys merged: the first key's place, the last key's value (as `Value`).
+    Merged,
+    /// Sorted (by the keys' text, unescaped), for a text whose keys do not repeat.
+    Sorted,
 }
 
 /// Why writing stopped.
@@ -52,6 +64,21 @@ pub(crate) fn write(raw: &str, style: Style, capacity: usize) -> Result<String, 
         Ok(()) => Ok(String::from_utf8(writer.out).expect("only UTF-8 is written")),
         Err(_) if writer.too_long => Err(Stop::TooLong(writer.out)),
         Err(err) => Err(Stop::Json(err)),
+    }
+}
+
+/// A stored `data` text (keys unique: see `NewAnalyticsEvent`) with every object's keys
+/// sorted, written without a tree: what the `Idempotency-Key` body hash reads.
+pub fn sorted_json(stored: &str) -> String {
+    let style = Style {
+        strip: false,
+        keys: Keys::Sorted,
+        max_len: usize::MAX,
+        hidden_key: None,
+    };
+    match write(stored, style, stored.len()) {
+        Ok(sorted) => sorted,
+        Err(_) => unreachable!("a stored data text is JSON and the writing is not capped"),
     }
 }
 
@@ -195,7 +222,8 @@ impl<'de> Visitor<'de> for Node<'_> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         let start = self.writer.out.len();
         self.writer.push(b"{")?;
-        let merge = self.writer.style.merge_repeated_keys;
+        let keys_style = self.writer.style.keys;
+        let merge = keys_style == Keys::Merged;
         // Where each entry's key starts in the output, to find repeated keys once the
         // object ends; and, for keys that stripping changed, the key as sent (escaped).
         let mut keys: Vec<usize> = Vec::new();
@@ -226,8 +254,13 @@ impl<'de> Visitor<'de> for Node<'_> {
                 after_comma: false,
             })?;
         }
-        if merge && keys.len() > 1 {
-            merge_repeated_keys(&mut self.writer.out, start, &keys, &changed);
+        if keys.len() > 1 {
+            match keys_style {
+                Keys::Merged => merge_repeated_keys(&mut self.writer.out, start, &keys, &changed),
+                Keys::Sorted => sort_entries(&mut self.writer.out, start, &keys),
+                #[cfg(test)]
+                Keys::AsSent => {}
+            }
         }
         self.writer.push(b"}")
     }
@@ -299,6 +332,38 @@ fn merge_repeated_keys(
     out.extend_from_slice(&merged);
 }
 
+/// Rewrites the object written from `start` (not yet closed) with its entries in the order
+/// of their keys' text, unescaped (as sorting `String` keys orders them). `keys`: where
+/// each entry's key starts.
+fn sort_entries(out: &mut Vec<u8>, start: usize, keys: &[usize]) {
+    let value_end = |entry: usize| keys.get(entry + 1).map_or(out.len(), |next| next - 1);
+    let order = {
+        // A key without escapes orders as its bytes between the quotes.
+        let unescaped = |at: usize| -> Cow<'_, [u8]> {
+            let key = key_text(out, at);
+            if key.contains(&b'\\') {
+                let text: String = serde_json::from_slice(key).expect("a key the writer wrote");
+                Cow::Owned(text.into_bytes())
+            } else {
+                Cow::Borrowed(&key[1..key.len() - 1])
+            }
+        };
+        let mut order: Vec<usize> = (0..keys.len()).collect();
+        order.sort_by_cached_key(|&entry| unescaped(keys[entry]));
+        order
+    };
+    let mut sorted = Vec::with_capacity(out.len() - start);
+    sorted.push(b'{');
+    for (index, &entry) in order.iter().enumerate() {
+        if index > 0 {
+            sorted.push(b',');
+        }
+        sorted.extend_from_slice(&out[keys[entry]..value_end(entry)]);
+    }
+    out.truncate(start);
+    out.extend_from_slice(&sorted);
+}
+
 /// Given items sorted by (key, order), one `(first, last)` per key: the first item's place
 /// and the last item's value (`pair` gives an item's own place and value), in place order.
 fn keep_first_place_last_value<'k>(
@@ -333,7 +398,7 @@ mod tests {
     fn stored_style(max_len: usize) -> Style {
         Style {
             strip: true,
-            merge_repeated_keys: true,
+            keys: Keys::Merged,
             max_len,
             hidden_key: None,
         }
@@ -419,7 +484,7 @@ mod tests {
         fn a_capped_write_is_the_start_of_the_whole(text in json_text(), cap in 0usize..64) {
             prop_assume!(serde_json::from_str::<Value>(&text).is_ok());
             // As an echo is written: nothing merged, so a capped write is a prefix.
-            let style = |max_len| Style { strip: false, merge_repeated_keys: false, max_len, hidden_key: None };
+            let style = |max_len| Style { strip: false, keys: Keys::AsSent, max_len, hidden_key: None };
             let whole = write(&text, style(usize::MAX), 0).unwrap();
             match write(&text, style(cap), 0) {
                 Ok(written) => prop_assert!(written == whole && whole.len() <= cap),

@@ -5,7 +5,7 @@
 use serde_json::Value;
 use serde_json::value::RawValue;
 
-use super::compact::{self, Stop, Style};
+use super::compact::{self, Keys, Stop, Style};
 use super::field_error::{Input, MAX_INPUT_BYTES};
 use super::pyjson;
 use super::reader::{self, Kind, Text};
@@ -24,7 +24,7 @@ pub(crate) fn echo(raw: &str, marked: bool, hidden: Option<&'static str>) -> Inp
         Kind::Object | Kind::Array => {
             let style = Style {
                 strip: false,
-                merge_repeated_keys: true,
+                keys: Keys::Merged,
                 max_len: MAX_INPUT_BYTES,
                 hidden_key: hidden,
             };

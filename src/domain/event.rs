@@ -6,7 +6,7 @@ use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
-use super::compact::{self, Stop, Style};
+use super::compact::{self, Keys, Stop, Style};
 use super::reader::{self, Kind, Text};
 use super::stored_form::is_stored_form;
 use super::{Body, FieldError, Fields, Location, MAX_LISTED_ERRORS, fields, pyjson};
@@ -108,7 +108,7 @@ fn data<const N: usize>(
     }
     let style = Style {
         strip: true,
-        merge_repeated_keys: true,
+        keys: Keys::Merged,
         max_len: MAX_STORED_GROWTH * text.len() + STORED_SLACK_BYTES,
         hidden_key: None,
     };

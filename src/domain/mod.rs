@@ -21,6 +21,7 @@ mod stored_form;
 use std::cell::OnceCell;
 
 pub use batch::{ItemOutcome, parse_batch};
+pub use compact::sorted_json;
 pub use event::NewAnalyticsEvent;
 pub use field_error::{
     DetailBudget, FieldError, Input, Location, MAX_DETAIL_BYTES, MAX_LISTED_ERRORS,

@@ -8,10 +8,9 @@
 //! and the new block until the old is freed), so this binary holds one test that runs its
 //! cases one after another: nothing else allocates while a case is measured.
 
-use analytics_service::domain::{Body, NewAnalyticsEvent, NewMetric};
+use analytics_service::domain::{Body, NewAnalyticsEvent, NewMetric, parse_batch};
 use analytics_service::idempotency::{event_hash, metric_hash};
 use analytics_service::routes::alerts::parse as parse_alert;
-use analytics_service::routes::batch::read_batch;
 use analytics_service::routes::beacon::unwrap_body;
 use analytics_service::routes::json::{check, with_body};
 use analytics_service::store::{EventRow, MetricRow};
@@ -84,14 +83,14 @@ fn handle(route: Route, body: &Bytes) -> Vec<Bytes> {
         Route::Beacon => NewAnalyticsEvent::from_body(unwrap_body(true, read))
             .map(|e| vec![event(e).1])
             .unwrap_or_else(|errors| vec![errors_text(&errors)]),
-        Route::MetricBatch => match read_batch(read, MAX_ITEMS, NewMetric::from_body) {
+        Route::MetricBatch => match parse_batch(read, MAX_ITEMS, NewMetric::from_body) {
             Ok(items) => items
                 .into_iter()
                 .map(|item| item.map_or_else(|e| errors_text(&e), |m| metric(m).1))
                 .collect(),
             Err(errors) => vec![errors_text(&errors)],
         },
-        Route::EventBatch => match read_batch(read, MAX_ITEMS, NewAnalyticsEvent::from_body) {
+        Route::EventBatch => match parse_batch(read, MAX_ITEMS, NewAnalyticsEvent::from_body) {
             Ok(items) => items
                 .into_iter()
                 .map(|item| item.map_or_else(|e| errors_text(&e), |e| event(e).1))

@@ -9,16 +9,16 @@ use super::{Body, DetailBudget, FieldError, Location, reader};
 pub type ItemOutcome<T> = Result<T, Vec<FieldError>>;
 
 /// Each item's outcome, in order: the parsed item or its field errors (locations prefixed
-/// with the item's index), listed through `budget` as they are found, so that however
-/// many errors the items hold, only what the answer shows is kept. The whole body is
+/// with the item's index), listed through one [`DetailBudget`] as they are found, so that
+/// however many errors the items hold, only what the answer shows is kept. The whole body is
 /// refused when it is not a non-empty array of at most `max_items` items; items past that
 /// are counted, not read.
 pub fn parse_batch<T>(
     body: Body<'_>,
     max_items: usize,
-    budget: &mut DetailBudget,
     parse_item: impl Fn(Body<'_>) -> Result<T, Vec<FieldError>>,
 ) -> Result<Vec<ItemOutcome<T>>, Vec<FieldError>> {
+    let mut budget = DetailBudget::default();
     let whole_body_error =
         |kind, msg, ctx| vec![FieldError::whole_body(kind, msg, body.echo(), ctx)];
     let not_a_list =
@@ -85,13 +85,7 @@ mod tests {
         ])
         .to_string();
 
-        let results = parse_batch(
-            Body::json(&body, false),
-            10,
-            &mut DetailBudget::default(),
-            NewMetric::from_body,
-        )
-        .unwrap();
+        let results = parse_batch(Body::json(&body, false), 10, NewMetric::from_body).unwrap();
 
         assert!(results[0].is_ok());
         let errors = results[1].as_ref().unwrap_err();
@@ -105,8 +99,7 @@ mod tests {
     fn empty_non_array_and_oversized_bodies_are_refused_whole() {
         let kind = |body: &str| {
             let body = Body::json(body, false);
-            parse_batch(body, 2, &mut DetailBudget::default(), NewMetric::from_body).unwrap_err()[0]
-                .kind
+            parse_batch(body, 2, NewMetric::from_body).unwrap_err()[0].kind
         };
 
         assert_eq!(kind("[]"), "too_short");

@@ -13,9 +13,7 @@ use super::AppState;
 use super::analytics::{ANALYTICS_HINT, METRIC_HINT};
 use super::json::CheckedBody;
 use crate::auth::Caller;
-use crate::domain::{
-    Body, DetailBudget, FieldError, ItemOutcome, NewAnalyticsEvent, NewMetric, parse_batch,
-};
+use crate::domain::{FieldError, ItemOutcome, NewAnalyticsEvent, NewMetric, parse_batch};
 use crate::error::ApiError;
 use crate::store::{EventRow, MetricRow, StoreError};
 
@@ -96,16 +94,6 @@ fn rows_charged<T, E>(parsed: &Result<Vec<T>, E>) -> usize {
     parsed.as_ref().map_or(1, Vec::len)
 }
 
-/// The items of a batch body: the items' errors share one [`DetailBudget`], so whatever
-/// the items hold, the answer's errors stay within its bound (and only those are kept).
-pub fn read_batch<T>(
-    body: Body<'_>,
-    max_items: usize,
-    parse_item: impl Fn(Body<'_>) -> Result<T, Vec<FieldError>>,
-) -> Result<Vec<ItemOutcome<T>>, Vec<FieldError>> {
-    parse_batch(body, max_items, &mut DetailBudget::default(), parse_item)
-}
-
 /// Splits parse results into rows to store and the per-item answers (ids filled in now,
 /// since the rows' ids are generated before storing).
 fn plan<T, R>(
@@ -149,7 +137,7 @@ pub async fn log_raw_metric_batch(
 ) -> Result<Json<Vec<ItemResult>>, ApiError> {
     let max_items = state.batch_max_items;
     let parsed = body
-        .read(move |read| read_batch(read, max_items, NewMetric::from_body))
+        .read(move |read| parse_batch(read, max_items, NewMetric::from_body))
         .await;
     let caller = state
         .edge
@@ -193,7 +181,7 @@ pub async fn log_raw_analytics_batch(
 ) -> Result<Json<Vec<ItemResult>>, ApiError> {
     let max_items = state.batch_max_items;
     let parsed = body
-        .read(move |read| read_batch(read, max_items, NewAnalyticsEvent::from_body))
+        .read(move |read| parse_batch(read, max_items, NewAnalyticsEvent::from_body))
         .await;
     let caller = state
         .edge

@@ -275,6 +275,26 @@ mod tests {
     }
 
     #[test]
+    fn data_that_would_more_than_double_when_stored_is_refused() {
+        let grows = format!(r#"{{"x":[{}1e15]}}"#, "1e15,".repeat(1000));
+        let body = format!(r#"{{"type":"t","data":{grows},"data_index":"i"}}"#);
+
+        let errors = NewAnalyticsEvent::from_body(Body::json(&body, false)).unwrap_err();
+
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].kind, "value_error");
+        let cap = MAX_STORED_GROWTH * grows.len() + STORED_SLACK_BYTES;
+        assert_eq!(errors[0].ctx, Some(json!({ "max_stored_bytes": cap })));
+        // 1.5x (`1e2` is stored as `100.0`) is within the cap.
+        let body = format!(
+            r#"{{"type":"t","data":{{"x":[{}1e2]}},"data_index":"i"}}"#,
+            "1e2,".repeat(1000)
+        );
+        let event = NewAnalyticsEvent::from_body(Body::json(&body, false)).unwrap();
+        assert!(event.data_json.starts_with(r#"{"x":[100.0,100.0,"#));
+    }
+
+    #[test]
     fn data_must_be_an_object() {
         for data in [json!([]), json!("x"), json!(null), json!(3)] {
             let body = json!({"type": "t", "data": data, "data_index": "i"});

@@ -407,8 +407,8 @@ impl Write for CappedWriter {
     }
 }
 
-/// The length of `error` as JSON, counted without keeping the text.
-fn serialized_len(error: &FieldError) -> usize {
+/// The length of `value` as JSON, counted without keeping the text.
+pub fn serialized_len(value: &impl Serialize) -> usize {
     struct Counter(usize);
     impl Write for Counter {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -420,7 +420,7 @@ fn serialized_len(error: &FieldError) -> usize {
         }
     }
     let mut counter = Counter(0);
-    serde_json::to_writer(&mut counter, error).expect("a field error serializes");
+    serde_json::to_writer(&mut counter, value).expect("the value serializes");
     counter.0
 }
 

@@ -24,7 +24,7 @@ pub use batch::{ItemOutcome, parse_batch};
 pub use compact::sorted_json;
 pub use event::NewAnalyticsEvent;
 pub use field_error::{
-    DetailBudget, FieldError, Input, Location, MAX_DETAIL_BYTES, MAX_LISTED_ERRORS,
+    DetailBudget, FieldError, Input, Location, MAX_DETAIL_BYTES, MAX_LISTED_ERRORS, serialized_len,
 };
 pub use metric::NewMetric;
 pub use sanitize::{strip_control_chars, strip_control_chars_in_json, strip_control_chars_in_map};
@@ -166,7 +166,8 @@ mod fields {
             errors.push(FieldError::string_type(field, fields.echo(raw)));
             return None;
         };
-        if text.chars().count() < min_length {
+        // Counted only as far as the minimum: a megabyte string is not walked for it.
+        if text.chars().take(min_length).count() < min_length {
             errors.push(FieldError::string_too_short(
                 field,
                 fields.echo(raw),

@@ -94,21 +94,11 @@ fn may_need_a_full_visit(text: &[u8]) -> bool {
             }
             b']' | b'}' => depth = depth.saturating_sub(1),
             b'-' | b'0'..=b'9' => {
-                let len = text[i..]
-                    .iter()
-                    .take_while(|b| {
-                        b.is_ascii_digit() || matches!(b, b'-' | b'+' | b'.' | b'e' | b'E')
-                    })
-                    .count();
+                let len = number_len(&text[i..]);
                 let token = &text[i..i + len];
+                // Only an exponent or a long run of digits can leave f64's range.
                 let may_overflow = len > 15 || token.iter().any(|b| matches!(b, b'e' | b'E'));
-                let in_range = || {
-                    std::str::from_utf8(token)
-                        .ok()
-                        .and_then(|t| t.parse::<f64>().ok())
-                        .is_some_and(f64::is_finite)
-                };
-                if may_overflow && !in_range() {
+                if may_overflow && as_f64(token).is_none_or(f64::is_infinite) {
                     return true;
                 }
                 i += len;
@@ -157,10 +147,20 @@ pub fn non_finite_str(text: &str) -> Option<&str> {
 
 fn is_non_finite(token: &str) -> bool {
     matches!(token, "NaN" | "Infinity" | "-Infinity")
-        || (token
-            .bytes()
-            .all(|b| b.is_ascii_digit() || matches!(b, b'-' | b'+' | b'.' | b'e' | b'E'))
-            && token.parse::<f64>().is_ok_and(f64::is_infinite))
+        || (number_len(token.as_bytes()) == token.len()
+            && as_f64(token.as_bytes()).is_some_and(f64::is_infinite))
+}
+
+/// The length of the number-like token (digits, signs, `.`, exponents) `text` starts with.
+pub(crate) fn number_len(text: &[u8]) -> usize {
+    text.iter()
+        .take_while(|b| b.is_ascii_digit() || matches!(b, b'-' | b'+' | b'.' | b'e' | b'E'))
+        .count()
+}
+
+/// A number token as f64 (an overflowing one reads as an infinity, as in Python).
+fn as_f64(token: &[u8]) -> Option<f64> {
+    std::str::from_utf8(token).ok()?.parse().ok()
 }
 
 /// The text with non-finite tokens outside strings replaced by markers; None if it has none.
@@ -201,12 +201,8 @@ fn rewrite(body: &[u8], mut emit: impl FnMut(&[u8])) -> bool {
             i += len;
             continue;
         } else if rest[0] == b'-' || rest[0].is_ascii_digit() {
-            let len = rest
-                .iter()
-                .take_while(|b| b.is_ascii_digit() || matches!(b, b'-' | b'+' | b'.' | b'e' | b'E'))
-                .count();
-            let token = std::str::from_utf8(&rest[..len]).unwrap_or_default();
-            if token.parse::<f64>().is_ok_and(f64::is_infinite) {
+            let len = number_len(rest);
+            if as_f64(&rest[..len]).is_some_and(f64::is_infinite) {
                 marker(&rest[..len], &mut emit);
                 found = true;
                 i += len;

@@ -82,12 +82,7 @@ pub fn is_stored_form(text: &str) -> bool {
             b't' | b'n' => i += 4,
             b'f' => i += 5,
             b'-' | b'0'..=b'9' => {
-                let len = bytes[i..]
-                    .iter()
-                    .take_while(|b| {
-                        b.is_ascii_digit() || matches!(b, b'-' | b'+' | b'.' | b'e' | b'E')
-                    })
-                    .count();
+                let len = super::pyjson::number_len(&bytes[i..]);
                 if !is_written_back_as_is(&text[i..i + len]) {
                     return false;
                 }

@@ -8,7 +8,7 @@ use chrono::NaiveDateTime;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::domain::{NewAnalyticsEvent, NewMetric};
+use crate::domain::{NewAnalyticsEvent, NewMetric, serialized_len};
 use crate::store::{EventRow, MetricRow};
 
 /// The two tables, each with a stream of its own.
@@ -103,19 +103,7 @@ struct EventMessage<'a> {
 /// The message's JSON, in a buffer of exactly its size: `data` is escaped again inside the
 /// message (up to twice its size), and a growing buffer could hold twice that again.
 fn to_bytes(message: &impl Serialize) -> Bytes {
-    struct Counter(usize);
-    impl std::io::Write for Counter {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0 += buf.len();
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut size = Counter(0);
-    serde_json::to_writer(&mut size, message).expect("a row always serializes");
-    let mut out = Vec::with_capacity(size.0);
+    let mut out = Vec::with_capacity(serialized_len(message));
     serde_json::to_writer(&mut out, message).expect("a row always serializes");
     Bytes::from(out)
 }

@@ -60,8 +60,7 @@ impl NewAnalyticsEvent {
     /// Validates a parsed body (its non-finite markers honoured): for tests and fuzz
     /// targets, which build bodies as trees. Requests go through [`from_body`](Self::from_body).
     pub fn parse(body: &Value) -> Result<Self, Vec<FieldError>> {
-        let text = serde_json::to_string(body).expect("a JSON value serializes");
-        Self::from_body(Body::json(&text, true))
+        super::read_tree(body, Self::from_body)
     }
 }
 

@@ -29,6 +29,7 @@ pub use field_error::{
 pub use metric::NewMetric;
 pub use sanitize::{strip_control_chars, strip_control_chars_in_json, strip_control_chars_in_map};
 
+use serde_json::Value;
 use serde_json::value::RawValue;
 
 /// A request body as FastAPI reads it, not parsed yet.
@@ -135,6 +136,13 @@ impl<'a, const N: usize> Fields<'a, N> {
     fn marked(&self) -> bool {
         self.body.marked()
     }
+}
+
+/// `read` on a body given as a tree (its non-finite markers honoured): for tests and fuzz
+/// targets, which build bodies as trees.
+fn read_tree<T>(body: &Value, read: impl FnOnce(Body<'_>) -> T) -> T {
+    let text = serde_json::to_string(body).expect("a JSON value serializes");
+    read(Body::json(&text, true))
 }
 
 /// A checked text that a validator still could not read (defensive: `pyjson::check`

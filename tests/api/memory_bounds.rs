@@ -31,15 +31,25 @@ fn padded_batch() -> String {
 }
 
 async fn post(service: &ServiceProcess, path: &str, body: Vec<u8>, gzipped: bool) -> StatusCode {
-    let client = reqwest::Client::new();
-    let mut request = client
-        .post(service.url(path))
-        .bearer_auth(service.token("2b7e1516-28ae-4d2a-abf7-158809cf4f3c"))
+    let token = service.token("2b7e1516-28ae-4d2a-abf7-158809cf4f3c");
+    send(service.url(path), token, body, gzipped).await.unwrap()
+}
+
+/// POSTs `body` (owned, so that it can be spawned) and answers the status.
+async fn send(
+    url: String,
+    token: String,
+    body: Vec<u8>,
+    gzipped: bool,
+) -> reqwest::Result<StatusCode> {
+    let mut request = reqwest::Client::new()
+        .post(url)
+        .bearer_auth(token)
         .header("content-type", "application/json");
     if gzipped {
         request = request.header("content-encoding", "gzip");
     }
-    request.body(body).send().await.unwrap().status()
+    Ok(request.body(body).send().await?.status())
 }
 
 /// A normal request is answered as usual.
@@ -124,20 +134,9 @@ async fn every_batch_turn_busy_with_the_worst_body_stays_under_400_mb() {
         } else {
             ("/api/analytics/log_raw_analytics/batch", events.clone())
         };
-        let service_url = service.url(path);
         // A user each: a batch of 1000 items takes the whole default per-user burst.
         let token = service.token(&format!("user-{round}"));
-        sends.spawn(async move {
-            reqwest::Client::new()
-                .post(service_url)
-                .bearer_auth(token)
-                .header("content-type", "application/json")
-                .header("content-encoding", "gzip")
-                .body(body)
-                .send()
-                .await
-                .map(|response| response.status())
-        });
+        sends.spawn(send(service.url(path), token, body, true));
     }
     let mut statuses = Vec::new();
     while let Some(sent) = sends.join_next().await {
